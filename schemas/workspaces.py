@@ -1,0 +1,84 @@
+"""Workspace commands (scheduler → workspace-manager) and their events."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from schemas.base import Command, Event
+from schemas.runs import FileChange, RepoRef
+
+
+class PrepareWorkspace(Command, frozen=True, kw_only=True):
+    """Make (or find) the run's workspace on branch `branch` off `base_ref`."""
+
+    subject_prefix: ClassVar[str] = "zloth.cmd.ws.prepare"
+
+    run_id: str
+    attempt: int
+    repo: RepoRef
+    base_ref: str | None = None
+    branch: str
+    sparse_paths: list[str] = []
+
+    def msg_id(self) -> str:
+        return f"run:{self.run_id}:attempt:{self.attempt}:prepare"
+
+
+class WorkspaceReady(Event, frozen=True, kw_only=True):
+    subject_prefix: ClassVar[str] = "zloth.evt.ws.ready"
+
+    run_id: str
+    attempt: int
+    path: str
+    branch: str
+    base_sha: str
+    base_ref: str
+
+    def msg_id(self) -> str:
+        return f"run:{self.run_id}:attempt:{self.attempt}:ws-ready"
+
+
+class CommitWorkspace(Command, frozen=True, kw_only=True):
+    """Stage everything the agent changed and commit it (zloth commits, agents never do)."""
+
+    subject_prefix: ClassVar[str] = "zloth.cmd.ws.commit"
+
+    run_id: str
+    attempt: int
+    path: str
+    branch: str
+    base_sha: str
+    message: str
+
+    def msg_id(self) -> str:
+        return f"run:{self.run_id}:attempt:{self.attempt}:commit"
+
+
+class WorkspaceCommitted(Event, frozen=True, kw_only=True):
+    subject_prefix: ClassVar[str] = "zloth.evt.ws.committed"
+
+    run_id: str
+    attempt: int
+    branch: str
+    base_sha: str
+    commit_sha: str | None  # None: the agent changed nothing
+    files_changed: list[FileChange] = []
+    diff: str = ""
+    diff_truncated: bool = False
+    rejected_paths: list[str] = []
+
+    def msg_id(self) -> str:
+        return f"run:{self.run_id}:attempt:{self.attempt}:committed"
+
+
+class WorkspaceFailed(Event, frozen=True, kw_only=True):
+    subject_prefix: ClassVar[str] = "zloth.evt.ws.failed"
+
+    run_id: str
+    attempt: int
+    stage: str  # "prepare" | "commit"
+    reason: str
+    retryable: bool = False
+
+    def msg_id(self) -> str:
+        return f"run:{self.run_id}:attempt:{self.attempt}:ws-failed:{self.stage}"
