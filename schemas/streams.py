@@ -36,7 +36,7 @@ class ConsumerSpec(msgspec.Struct, frozen=True, kw_only=True):
     max_deliver: int = 5
     max_ack_pending: int = 1000
     # Delays (seconds) the bus naks with after the n-th failed delivery; the last repeats.
-    backoff_seconds: list[float] = [1.0, 5.0, 15.0, 60.0]
+    backoff_seconds: tuple[float, ...] = (1.0, 5.0, 15.0, 60.0)
 
 
 class BucketSpec(msgspec.Struct, frozen=True, kw_only=True):

@@ -36,7 +36,8 @@ job_duration = Histogram(
     registry=REGISTRY,
 )
 jobs_total = Counter(
-    "zloth_jobs_total", "Handled messages by kind and outcome", ["kind", "status"], registry=REGISTRY
+    "zloth_jobs_total", "Handled messages by kind and outcome", ["kind", "status"],
+    registry=REGISTRY,
 )
 redeliveries_total = Counter(
     "zloth_redeliveries_total", "Deliveries with num_delivered > 1", ["kind"], registry=REGISTRY
@@ -55,7 +56,8 @@ run_transitions_total = Counter(
     "zloth_run_transitions_total", "Run state transitions", ["state"], registry=REGISTRY
 )
 agent_runs_active = Gauge(
-    "zloth_agent_processes", "Agent processes running on this runner", ["executor"], registry=REGISTRY
+    "zloth_agent_processes", "Agent processes running on this runner", ["executor"],
+    registry=REGISTRY,
 )
 agent_start_latency = Histogram(
     "zloth_job_start_latency_seconds",

@@ -1,0 +1,81 @@
+"""Settings from `ZLOTH_*` environment variables, validated once at start-up.
+
+Each service declares a Settings Struct (usually extending `CommonSettings`); field `foo_bar`
+reads `ZLOTH_FOO_BAR`. Lists are comma-separated. A bad value fails with a `ConfigError`
+naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from services.core.errors import ConfigError
+
+PREFIX = "ZLOTH_"
+
+
+class CommonSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    nats_url: str = ""  # empty: `zloth up` starts an embedded nats-server
+    data_dir: Path = Path(".zloth")
+    database_url: str = ""  # empty: sqlite files under data_dir
+    log_format: str = "auto"  # json | console | auto (console when a terminal is attached)
+    log_level: str = "info"
+    instance_id: str = ""  # empty: hostname-pid
+
+    def sqlite_path(self, service: str) -> Path:
+        return self.data_dir / "db" / f"{service}.sqlite3"
+
+
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+def env_name(field: str) -> str:
+    return PREFIX + field.upper()
+
+
+def load_settings(kind: type[S], environ: Mapping[str, str] | None = None, **overrides: Any) -> S:
+    """Build `kind` from the environment (then `overrides`), or raise ConfigError."""
+    env = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    for field in msgspec.structs.fields(kind):
+        name = env_name(field.name)
+        if name in env:
+            raw[field.name] = _coerce(env[name], field.type)
+    raw.update(overrides)
+    try:
+        return msgspec.convert(raw, kind, strict=False, dec_hook=_dec_hook)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_explain(exc)) from None
+
+
+def _coerce(value: str, annotation: Any) -> Any:
+    text = str(annotation)
+    if text.startswith("list[") or text.startswith("tuple["):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if text.startswith("dict["):
+        try:
+            return msgspec.json.decode(value)
+        except msgspec.DecodeError:
+            return value
+    return value
+
+
+def _dec_hook(kind: type, value: Any) -> Any:
+    if kind is Path and isinstance(value, str):
+        return Path(value)
+    raise NotImplementedError
+
+
+def _explain(exc: msgspec.ValidationError) -> str:
+    # msgspec says "... - at `$.gateway_port`"; turn the path into the variable name.
+    message = str(exc)
+    if "at `$." in message:
+        head, _, path = message.partition(" - at `$.")
+        field = path.rstrip("`").split(".")[0].split("[")[0]
+        return f"{env_name(field)}: {head}"
+    return message
