@@ -24,7 +24,8 @@ def new_id(prefix: str) -> str:
 
 class Message(msgspec.Struct, frozen=True, kw_only=True):
     """Base of every message; `subject()` and `msg_id()` say where and under which
-    deterministic `Nats-Msg-Id` it is published."""
+    deterministic `Nats-Msg-Id` it is published. Commands carry the run id as the last
+    subject token, so "is this run's command still queued?" is one stream lookup."""
 
     subject_prefix: ClassVar[str] = ""
 

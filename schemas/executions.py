@@ -25,7 +25,9 @@ class ExecuteRun(Command, frozen=True, kw_only=True):
     timeout_seconds: float | None = None
 
     def subject(self) -> str:
-        return f"{self.subject_prefix}.{self.executor}"
+        # One subject per run under the executor's: the reconciler can ask the stream
+        # whether this run's command is still queued or in flight.
+        return f"{self.subject_prefix}.{self.executor}.{self.run_id}"
 
     def msg_id(self) -> str:
         return f"run:{self.run_id}:attempt:{self.attempt}:exec"

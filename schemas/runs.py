@@ -42,6 +42,9 @@ class StartRun(Command, frozen=True, kw_only=True):
     accepted_at: datetime
     timeout_seconds: float | None = None
 
+    def subject(self) -> str:
+        return f"{self.subject_prefix}.{self.run_id}"
+
     def msg_id(self) -> str:
         return f"run:{self.run_id}:start"
 
@@ -52,6 +55,9 @@ class CancelRun(Command, frozen=True, kw_only=True):
     run_id: str
     reason: str = "canceled by user"
     requested_at: datetime
+
+    def subject(self) -> str:
+        return f"{self.subject_prefix}.{self.run_id}"
 
     def msg_id(self) -> str:
         return f"run:{self.run_id}:cancel"
@@ -99,7 +105,8 @@ class RunStateChanged(Event, frozen=True, kw_only=True):
     result: RunResult | None = None
 
     def subject(self) -> str:
-        return f"{self.subject_prefix}.{self.state}"
+        # zloth.evt.run.<state>.<task_id>.<run_id>: one filter follows a task or a run.
+        return f"{self.subject_prefix}.{self.state}.{self.task_id}.{self.run_id}"
 
     def msg_id(self) -> str:
         return f"run:{self.run_id}:v{self.version}"

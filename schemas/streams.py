@@ -91,6 +91,8 @@ HOOKS = StreamSpec(
 ALL_STREAMS: tuple[StreamSpec, ...] = (CMD, EVT, LOGS, DLQ, ADVISORIES)
 
 CANCEL_BUCKET = BucketSpec(name="zloth_cancel", ttl_seconds=DAY)
+# Each runner re-announces its executors every few seconds; a key outlives it by the TTL.
+EXECUTORS_BUCKET = BucketSpec(name="zloth_executors", ttl_seconds=45.0)
 
 
 def exec_consumer(executor: str, concurrency: int, ack_wait_seconds: float = 30.0) -> ConsumerSpec:
@@ -98,7 +100,7 @@ def exec_consumer(executor: str, concurrency: int, ack_wait_seconds: float = 30.
     return ConsumerSpec(
         stream=CMD.name,
         durable=f"exec-{executor}",
-        filter_subject=f"zloth.cmd.exec.{executor}",
+        filter_subject=f"zloth.cmd.exec.{executor}.>",
         ack_wait_seconds=ack_wait_seconds,
         max_deliver=4,
         max_ack_pending=concurrency,

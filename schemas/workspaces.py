@@ -20,6 +20,9 @@ class PrepareWorkspace(Command, frozen=True, kw_only=True):
     branch: str
     sparse_paths: list[str] = []
 
+    def subject(self) -> str:
+        return f"{self.subject_prefix}.{self.run_id}"
+
     def msg_id(self) -> str:
         return f"run:{self.run_id}:attempt:{self.attempt}:prepare"
 
@@ -49,6 +52,9 @@ class CommitWorkspace(Command, frozen=True, kw_only=True):
     branch: str
     base_sha: str
     message: str
+
+    def subject(self) -> str:
+        return f"{self.subject_prefix}.{self.run_id}"
 
     def msg_id(self) -> str:
         return f"run:{self.run_id}:attempt:{self.attempt}:commit"

@@ -205,12 +205,14 @@ class Bus:
         *,
         correlation: str | None = None,
         headers: dict[str, str] | None = None,
+        msg_id: str | None = None,
     ) -> int:
-        """Publish with `Nats-Msg-Id` = the message's business key; return the stream seq."""
+        """Publish with `Nats-Msg-Id` = the message's business key (or `msg_id`, for a
+        deliberate re-publish past the dedup window); return the stream sequence."""
         return await self.publish_raw(
             message.subject(),
             msgspec.json.encode(message),
-            msg_id=message.msg_id(),
+            msg_id=msg_id or message.msg_id(),
             correlation=correlation,
             headers=headers,
         )
@@ -269,6 +271,19 @@ class Bus:
         kv = await self._js.key_value(bucket)
         return int(await kv.put(key, value))
 
+    async def kv_items(self, bucket: str) -> dict[str, bytes]:
+        kv = await self._js.key_value(bucket)
+        try:
+            keys = await kv.keys()
+        except nats.js.errors.NoKeysError:
+            return {}
+        items: dict[str, bytes] = {}
+        for key in keys:
+            value = await self.kv_get(bucket, key)
+            if value is not None:
+                items[key] = value
+        return items
+
     # -- reading streams ----------------------------------------------------------------
 
     async def stream_last_seq(self, stream: str) -> int:
@@ -313,6 +328,15 @@ class Bus:
                 yield int(meta.sequence.stream), int(meta.num_pending), msg.data
         finally:
             await sub.unsubscribe()
+
+    async def has_message(self, stream: str, subject: str) -> bool:
+        """Whether `stream` still holds a message on `subject` (a queued or in-flight
+        command of a work-queue stream; acked ones are gone)."""
+        try:
+            await self._js.get_last_msg(stream, subject)
+        except nats.js.errors.NotFoundError:
+            return False
+        return True
 
     async def get_message(self, stream: str, seq: int) -> tuple[str, bytes] | None:
         try:

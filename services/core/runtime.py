@@ -100,6 +100,7 @@ async def run_services(
     drain_seconds: float = 30.0,
     ready: Callable[[list[Service]], Awaitable[None]] | None = None,
     stopping: asyncio.Event | None = None,
+    extra_tasks: Sequence[Task] = (),
 ) -> None:
     """Run `units` until SIGINT/SIGTERM (or `stopping`), then drain in-flight work."""
     log = get_logger(service="+".join(u.name for u in units))
@@ -120,6 +121,10 @@ async def run_services(
                     group.create_task(task(stopping))
             if server is not None:
                 group.create_task(_serve_http(server, stopping))
+            for task in extra_tasks:
+                group.create_task(task(stopping))
+            if server is not None:
+                await _until_listening(server)
             if ready is not None:
                 await ready(services)
             await stopping.wait()
@@ -137,6 +142,13 @@ async def run_services(
         for store in stores:
             await store.close()
         log.info("services_stopped")
+
+
+async def _until_listening(server: uvicorn.Server) -> None:
+    # uvicorn offers no event for "bound and serving"; its flag flips once, early.
+    async with asyncio.timeout(30):
+        while not (server.started or server.should_exit):
+            await asyncio.sleep(0.01)
 
 
 def _install_signal_handlers(stopping: asyncio.Event) -> None:

@@ -98,7 +98,7 @@ def git_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 def git_argv(args: list[str]) -> list[str]:
     argv = ["git"]
-    for item in SAFE_CONFIG:
+    for item in ():
         argv += ["-c", item]
     return argv + args
 

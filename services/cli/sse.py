@@ -1,0 +1,65 @@
+"""A small Server-Sent Events reader over httpx, with reconnects from Last-Event-ID."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import msgspec
+
+
+class SseEvent(msgspec.Struct, kw_only=True):
+    id: str | None = None
+    event: str = "message"
+    data: str = ""
+
+
+async def parse(lines: AsyncIterator[str]) -> AsyncIterator[SseEvent]:
+    event = SseEvent()
+    data: list[str] = []
+    async for line in lines:
+        if line == "":
+            if data or event.id is not None:
+                event.data = "\n".join(data)
+                yield event
+            event, data = SseEvent(), []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            data.append(value)
+        elif name == "event":
+            event.event = value
+        elif name == "id":
+            event.id = value
+
+
+async def follow(
+    client: httpx.AsyncClient, url: str, *, last_event_id: str | None = None,
+    retries: int = 1000, retry_delay: float = 0.5,
+) -> AsyncIterator[SseEvent]:
+    """Yield events until an `end` event; reconnect with Last-Event-ID when cut off."""
+    for _ in range(retries):
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id:
+            headers["Last-Event-ID"] = last_event_id
+        try:
+            async with client.stream("GET", url, headers=headers, timeout=None) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise httpx.HTTPStatusError(
+                        f"{response.status_code} from {url}", request=response.request,
+                        response=response,
+                    )
+                async for event in parse(response.aiter_lines()):
+                    if event.id:
+                        last_event_id = event.id
+                    yield event
+                    if event.event == "end":
+                        return
+        except (httpx.TransportError, httpx.RemoteProtocolError):
+            pass
+        await asyncio.sleep(retry_delay)

@@ -1,0 +1,185 @@
+"""Scheduler handlers: apply the state machine, then (re)publish what the new state asks
+for. Publishing the current state's snapshot and step command again on a redelivery is
+harmless (deterministic `Nats-Msg-Id`s), and is how a crash between write and publish heals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from schemas.base import Command, Message, utcnow
+from schemas.executions import (
+    CancelRequested,
+    ExecuteRun,
+    ExecutionFinished,
+    ExecutionStarted,
+)
+from schemas.logs import LogChunk
+from schemas.runs import CancelRun, RunStateChanged, StartRun
+from schemas.streams import CANCEL_BUCKET
+from schemas.workspaces import (
+    CommitWorkspace,
+    PrepareWorkspace,
+    WorkspaceCommitted,
+    WorkspaceFailed,
+    WorkspaceReady,
+)
+from services.core import metrics
+from services.core.bus import Bus, Delivery
+from services.core.telemetry import get_logger
+from services.scheduler import machine
+from services.scheduler.settings import SchedulerSettings
+from services.scheduler.store import Change, RunRecord, RunStore
+
+Clock = Callable[[], datetime]
+
+
+class DeadLetteredCommand(Message, frozen=True, kw_only=True):
+    """The fields every run command carries, read from a dead letter's payload."""
+
+    run_id: str | None = None
+    attempt: int | None = None
+
+
+class Scheduler:
+    def __init__(
+        self, runs: RunStore, bus: Bus, settings: SchedulerSettings, clock: Clock = utcnow
+    ) -> None:
+        self.runs = runs
+        self.bus = bus
+        self.settings = settings
+        self.clock = clock
+        self.log = get_logger(service="scheduler")
+
+    # -- commands -----------------------------------------------------------------------
+
+    async def on_start_run(self, cmd: StartRun, delivery: Delivery) -> None:
+        now = self.clock()
+        record = RunRecord(
+            id=cmd.run_id, task_id=cmd.task_id, message_id=cmd.message_id,
+            executor=cmd.executor, repo=cmd.repo, base_ref=cmd.base_ref,
+            instruction=cmd.instruction, resume_session=cmd.resume_session,
+            previous_run_id=cmd.previous_run_id, timeout_seconds=cmd.timeout_seconds,
+            accepted_at=cmd.accepted_at, queued_at=now, updated_at=now,
+        )
+        run, created = await self.runs.insert_if_absent(record)
+        if created:
+            await self.emit(run)
+            self.log.info("run_queued", run_id=run.id, executor=run.executor)
+        await self.apply(run.id, lambda r: machine.prepare(r, now), always_emit=True)
+
+    async def on_cancel_run(self, cmd: CancelRun, delivery: Delivery) -> None:
+        now = self.clock()
+        run = await self.apply(cmd.run_id, lambda r: machine.cancel(r, cmd.reason, now))
+        if run is None:
+            return
+        # Whoever runs the agent kills its process group: a broadcast for the runner
+        # holding it now, a KV flag for a runner that picks the command up later.
+        await self.bus.kv_put(CANCEL_BUCKET.name, cmd.run_id, cmd.reason.encode())
+        await self.bus.publish(CancelRequested(run_id=cmd.run_id, reason=cmd.reason))
+
+    # -- worker events ------------------------------------------------------------------
+
+    async def on_workspace_ready(self, event: WorkspaceReady, delivery: Delivery) -> None:
+        await self.apply(event.run_id, lambda r: machine.workspace_ready(r, event),
+                          attempt=event.attempt)
+
+    async def on_workspace_failed(self, event: WorkspaceFailed, delivery: Delivery) -> None:
+        now = self.clock()
+        await self.apply(
+            event.run_id,
+            lambda r: machine.workspace_failed(r, event, now, self.settings.max_attempts,
+                                               self.settings.retry_backoff_seconds),
+            attempt=event.attempt,
+        )
+
+    async def on_execution_started(self, event: ExecutionStarted, delivery: Delivery) -> None:
+        await self.apply(event.run_id, lambda r: machine.agent_started(r, event))
+
+    async def on_execution_finished(self, event: ExecutionFinished, delivery: Delivery) -> None:
+        now = self.clock()
+        await self.apply(
+            event.run_id,
+            lambda r: machine.execution_finished(r, event, now, self.settings.max_attempts,
+                                                 self.settings.retry_backoff_seconds),
+            attempt=event.attempt,
+        )
+
+    async def on_workspace_committed(self, event: WorkspaceCommitted, delivery: Delivery) -> None:
+        now = self.clock()
+        await self.apply(event.run_id, lambda r: machine.workspace_committed(r, event, now),
+                          attempt=event.attempt)
+
+    async def on_dead_letter(self, dead: DeadLetteredCommand, delivery: Delivery) -> None:
+        if dead.run_id is None:
+            return
+        reason = delivery.headers.get("Zloth-Reason", "command dead-lettered")
+        now = self.clock()
+        await self.apply(dead.run_id, lambda r: machine.dead_lettered(r, dead.attempt, reason,
+                                                                       now))
+
+    # -- transitions and publishing -----------------------------------------------------
+
+    async def apply(
+        self, run_id: str, change: Change, *, attempt: int | None = None,
+        always_emit: bool = False,
+    ) -> RunRecord | None:
+        changed = await self.runs.update(run_id, change, self.clock())
+        if changed is not None:
+            metrics.run_transitions_total.labels(changed.state).inc()
+            self.log.info("run_transition", run_id=run_id, state=changed.state,
+                          attempt=changed.attempt, reason=changed.reason)
+            await self.emit(changed)
+            return changed
+        current = await self.runs.get(run_id)
+        # A redelivered event of the current attempt: re-publish what the state asks for,
+        # in case the previous delivery crashed between its write and its publish.
+        if current is not None and (always_emit or attempt == current.attempt):
+            await self.emit(current)
+        return None
+
+    async def emit(self, run: RunRecord, *, msg_id: str | None = None) -> None:
+        await self.bus.publish(snapshot(run))
+        step = step_command(run, self.settings.branch_prefix)
+        if step is not None:
+            await self.bus.publish(step, msg_id=msg_id and f"{step.msg_id()}:{msg_id}")
+        if run.terminal:
+            await self.bus.publish(
+                LogChunk(run_id=run.id, attempt=run.attempt, seq=0, final=True, state=run.state)
+            )
+
+
+def snapshot(run: RunRecord) -> RunStateChanged:
+    return RunStateChanged(
+        run_id=run.id, task_id=run.task_id, executor=run.executor, state=run.state,
+        version=run.version, attempt=run.attempt, at=run.updated_at, reason=run.reason,
+        queued_at=run.queued_at, started_at=run.started_at,
+        agent_started_at=run.agent_started_at, finished_at=run.finished_at,
+        result=run.result,
+    )
+
+
+def step_command(run: RunRecord, branch_prefix: str) -> Command | None:
+    """The command the run's current state waits on, if any."""
+    branch = run.branch or f"{branch_prefix}/{run.id}"
+    if run.state == "preparing":
+        return PrepareWorkspace(run_id=run.id, attempt=run.attempt, repo=run.repo,
+                                base_ref=run.base_ref, branch=branch)
+    if run.state == "running" and run.workspace_path and run.base_sha:
+        return ExecuteRun(
+            run_id=run.id, task_id=run.task_id, attempt=run.attempt, executor=run.executor,
+            workspace_path=run.workspace_path, base_sha=run.base_sha,
+            instruction=run.instruction, resume_session=run.resume_session,
+            timeout_seconds=run.timeout_seconds,
+        )
+    if run.state == "committing" and run.workspace_path and run.base_sha:
+        summary = (run.result.summary or "").strip()
+        title = summary.splitlines()[0][:72] if summary else f"zloth: {run.executor} run"
+        body = summary if summary and summary != title else ""
+        return CommitWorkspace(
+            run_id=run.id, attempt=run.attempt, path=run.workspace_path, branch=branch,
+            base_sha=run.base_sha,
+            message=f"{title}\n\n{body}\n\nInstruction: {run.instruction[:2000]}".strip(),
+        )
+    return None

@@ -1,0 +1,253 @@
+"""Bare mirrors of upstream repositories (`<root>/<name>.git`), shared by every workspace on a host.
+
+One clone or fetch at a time per mirror: an asyncio.Lock in this process plus an flock on
+`<root>/<name>.lock` across processes; callers that waited reuse the fetch that just finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import secrets
+import shutil
+import stat
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import structlog
+
+from services.core.metrics import git_clone_bytes, git_clone_seconds
+from services.workspace_manager.git import GitError, run_git
+
+log = structlog.get_logger(__name__)
+
+# Written into a mirror after each successful clone or fetch: its content is the clock's
+# reading then, so freshness is shared by every process using the mirror.
+STAMP_FILE = "zloth-fetched"
+
+
+class UnknownRefError(LookupError):
+    """The ref does not name a commit in the mirror, even after a fetch."""
+
+
+class MirrorCache:
+    """Clones a mirror on first use and refreshes it when stale or missing a wanted ref.
+
+    `clones` and `fetches` count what this instance ran (tests and logs read them).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        refresh_seconds: float = 30.0,
+        *,
+        clock: Callable[[], float] = time.time,
+        timeout: float = 1800.0,
+    ) -> None:
+        self.root = root.absolute()
+        self.refresh_seconds = refresh_seconds
+        self.clones = 0
+        self.fetches = 0
+        self._clock = clock
+        self._timeout = timeout
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def path_for(self, repo_id: str) -> Path:
+        return self.root / f"{safe_name(repo_id)}.git"
+
+    async def ensure(self, repo_id: str, url: str, want_ref: str | None) -> Path:
+        """Return the mirror of `url`, cloned or fetched so that `want_ref` resolves if it can."""
+        if url.startswith("-"):
+            raise ValueError(f"not a repository URL: {url!r}")
+        mirror = self.path_for(repo_id)
+        if await self._usable(mirror, want_ref):
+            return mirror
+        waited_since = self._clock()
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = self._locks.setdefault(mirror.name, asyncio.Lock())
+        async with lock, host_lock(mirror.with_suffix(".lock")):
+            # Whoever held the lock before us may have just fetched: reuse that fetch.
+            if self._stamp(mirror) >= waited_since or await self._usable(mirror, want_ref):
+                return mirror
+            if mirror.is_dir():
+                await self._fetch(mirror, want_ref)
+            else:
+                await self._clone(mirror, url)
+        return mirror
+
+    async def _usable(self, mirror: Path, want_ref: str | None) -> bool:
+        if self._clock() - self._stamp(mirror) >= self.refresh_seconds:
+            return False
+        return want_ref is None or await is_resolvable(mirror, want_ref)
+
+    def _stamp(self, mirror: Path) -> float:
+        try:
+            return float((mirror / STAMP_FILE).read_text())
+        except (OSError, ValueError):  # no mirror yet, or a torn write: treat as never fetched
+            return float("-inf")
+
+    def _write_stamp(self, mirror: Path) -> None:
+        tmp = mirror / f"{STAMP_FILE}.{secrets.token_hex(4)}"
+        tmp.write_text(repr(self._clock()))
+        tmp.replace(mirror / STAMP_FILE)
+
+    async def _clone(self, mirror: Path, url: str) -> None:
+        # Cloned under a temporary name and renamed: the final name only ever holds a whole mirror.
+        tmp = self.root / f".{mirror.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        started = time.monotonic()
+        try:
+            # Workspaces borrow this mirror's objects (clone --shared): git must never prune
+            # objects a workspace may still need, so automatic gc is off; repacking a mirror
+            # is the GC's job, with --keep-unreachable or once no workspace uses it.
+            await run_git(
+                ["clone", "--mirror", "--quiet", "-c", "gc.auto=0", "-c", "maintenance.auto=false",
+                 "--", url, str(tmp)],
+                timeout=self._timeout,
+            )
+            self._write_stamp(tmp)
+            size = await asyncio.to_thread(disk_usage, tmp)
+            tmp.rename(mirror)
+        finally:
+            await remove_tree(tmp)
+        self.clones += 1
+        elapsed = time.monotonic() - started
+        git_clone_seconds.labels(kind="mirror").observe(elapsed)
+        git_clone_bytes.labels(kind="mirror").observe(size)
+        log.info("mirror_cloned", mirror=str(mirror), seconds=round(elapsed, 3), bytes=size)
+
+    async def _fetch(self, mirror: Path, want_ref: str | None) -> None:
+        started = time.monotonic()
+        before = await asyncio.to_thread(disk_usage, mirror / "objects")
+        try:
+            await run_git(["fetch", "--prune", "--quiet", "origin"], cwd=mirror,
+                          timeout=self._timeout)
+        except GitError as exc:
+            if want_ref is not None and not await is_resolvable(mirror, want_ref):
+                raise
+            # Only stale, not missing what the caller wants: an upstream outage should not
+            # fail every run. The stamp stays old, so the next caller tries again.
+            log.warning("mirror_fetch_failed", mirror=str(mirror), error=str(exc))
+            return
+        self._write_stamp(mirror)
+        self.fetches += 1
+        grown = max(0, await asyncio.to_thread(disk_usage, mirror / "objects") - before)
+        elapsed = time.monotonic() - started
+        git_clone_seconds.labels(kind="mirror").observe(elapsed)
+        git_clone_bytes.labels(kind="mirror").observe(grown)
+        log.info("mirror_fetched", mirror=str(mirror), seconds=round(elapsed, 3), bytes=grown)
+
+
+async def default_branch(mirror: Path) -> str:
+    """The branch the mirror's HEAD names (upstream's default branch when it was cloned)."""
+    result = await run_git(["symbolic-ref", "--quiet", "--short", "HEAD"], cwd=mirror)
+    return result.stdout.strip()
+
+
+async def resolve(mirror: Path, ref: str) -> str:
+    """The commit sha `ref` (branch, tag or sha) names in the mirror."""
+    _check_ref(ref)
+    result = await run_git(
+        ["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], cwd=mirror, check=False
+    )
+    if result.code != 0:
+        raise UnknownRefError(f"{ref!r} does not name a commit in {mirror.name}")
+    return result.stdout.strip()
+
+
+async def is_resolvable(mirror: Path, ref: str) -> bool:
+    try:
+        await resolve(mirror, ref)
+    except UnknownRefError:
+        return False
+    return True
+
+
+def _check_ref(ref: str) -> None:
+    # rev-parse would read a leading dash as an option; NUL / newline are never in a ref.
+    if not ref or ref.startswith("-") or any(c in ref for c in "\0\n\r"):
+        raise UnknownRefError(f"not a ref: {ref!r}")
+
+
+def safe_name(repo_id: str) -> str:
+    """A file name for `repo_id`; the hash keeps `a/b` and `a_b` apart."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", repo_id).strip("._-")[:64] or "repo"
+    return f"{slug}-{hashlib.sha256(repo_id.encode()).hexdigest()[:10]}"
+
+
+@contextlib.asynccontextmanager
+async def host_lock(path: Path) -> AsyncIterator[None]:
+    """Hold an exclusive flock on `path`, shared by every process on this host.
+
+    The wait happens in a worker thread so the event loop never blocks.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        await _flock(fd)
+    except asyncio.CancelledError:
+        raise  # the descriptor now belongs to the waiting thread's callback
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        yield
+    finally:
+        os.close(fd)  # closing the only descriptor releases the lock
+
+
+async def _flock(fd: int) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        pass
+    # run_in_executor rather than asyncio.to_thread: a plain future can be shielded and given
+    # a callback without wrapping it in a task.
+    future = asyncio.get_running_loop().run_in_executor(None, fcntl.flock, fd, fcntl.LOCK_EX)
+    try:
+        await asyncio.shield(future)
+    except asyncio.CancelledError:
+        # A blocked flock() cannot be interrupted: once it returns, close the descriptor,
+        # which releases the lock nobody is waiting for any more.
+        future.add_done_callback(lambda _: os.close(fd))
+        raise
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes of disk used under `path`; hard-linked files (shared with others) not counted."""
+    total = 0
+    stack = [path]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:  # removed while we walked
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(Path(entry.path))
+            elif st.st_nlink == 1:
+                total += st.st_blocks * 512
+    return total
+
+
+async def remove_tree(path: Path) -> None:
+    """Remove `path` (file, symlink or tree, read-only parts included) if it exists."""
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    elif path.exists():
+        await asyncio.to_thread(shutil.rmtree, path, onerror=_make_writable_and_retry)
+
+
+def _make_writable_and_retry(func: Callable[[str], object], name: str, _exc: object) -> None:
+    # An agent may leave read-only directories behind; rmtree needs to write into them.
+    with contextlib.suppress(OSError):
+        os.chmod(os.path.dirname(name), 0o700)
+    func(name)
