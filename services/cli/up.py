@@ -20,12 +20,12 @@ from services.core.natsd import NatsServer
 from services.core.runtime import Service, Unit, run_services
 from services.core.telemetry import configure_logging, get_logger
 
-UNITS: list[tuple[str, str]] = [
-    ("services.scheduler", "SchedulerSettings"),
-    ("services.workspace_manager", "WorkspaceSettings"),
-    ("services.executor_runner", "RunnerSettings"),
-    ("services.log_relay", "LogRelaySettings"),
-    ("services.gateway", "GatewaySettings"),
+UNITS: list[tuple[str, str, str]] = [
+    ("scheduler", "services.scheduler", "SchedulerSettings"),
+    ("workspace-manager", "services.workspace_manager", "WorkspaceSettings"),
+    ("executor-runner", "services.executor_runner", "RunnerSettings"),
+    ("log-relay", "services.log_relay", "LogRelaySettings"),
+    ("gateway", "services.gateway", "GatewaySettings"),
 ]
 DEMO_EXECUTORS = ["demo-a", "demo-b", "demo-c"]
 DEMO_INSTRUCTION = "Add a short note explaining what this repository is for"
@@ -39,9 +39,9 @@ class UpSettings(CommonSettings, frozen=True, kw_only=True):
 
 def load_units(nats_url: str) -> list[Unit]:
     units = []
-    for package, settings_name in UNITS:
+    for service, package, settings_name in UNITS:
         settings_type = getattr(importlib.import_module(f"{package}.settings"), settings_name)
-        settings = load_settings(settings_type, nats_url=nats_url)
+        settings = load_settings(settings_type, service=service, nats_url=nats_url)
         units.append(importlib.import_module(f"{package}.service").unit(settings))
     return units
 

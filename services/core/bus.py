@@ -345,6 +345,24 @@ class Bus:
             return None
         return raw.subject or "", raw.data or b""
 
+    async def last_message(self, stream: str, subject: str) -> tuple[int, bytes] | None:
+        """`(stream_seq, data)` of the newest message on `subject` (wildcards allowed),
+        or None when the stream holds none."""
+        try:
+            raw = await self._js.get_last_msg(stream, subject)
+        except nats.js.errors.NotFoundError:
+            return None
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"last message of {subject} in {stream}: {exc}") from exc
+        return int(raw.seq or 0), raw.data or b""
+
+    async def purge_subject(self, stream: str, subject: str) -> None:
+        """Remove every message on `subject` (wildcards allowed) from `stream`."""
+        try:
+            await self._js.purge_stream(stream, subject=subject)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"purge {subject} from {stream}: {exc}") from exc
+
     # -- consuming ----------------------------------------------------------------------
 
     async def consume(

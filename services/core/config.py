@@ -1,8 +1,9 @@
 """Settings from `ZLOTH_*` environment variables, validated once at start-up.
 
 Each service declares a Settings Struct (usually extending `CommonSettings`); field `foo_bar`
-reads `ZLOTH_FOO_BAR`. Lists are comma-separated. A bad value fails with a `ConfigError`
-naming the variable.
+reads `ZLOTH_<SERVICE>_FOO_BAR` first (e.g. `ZLOTH_GATEWAY_PORT`), then `ZLOTH_FOO_BAR`, so
+services sharing one environment can still differ. Lists are comma-separated. A bad value
+fails with a `ConfigError` naming the variable.
 """
 
 from __future__ import annotations
@@ -34,23 +35,33 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 S = TypeVar("S", bound=msgspec.Struct)
 
 
-def env_name(field: str) -> str:
-    return PREFIX + field.upper()
+def env_name(field: str, service: str | None = None) -> str:
+    scope = f"{service.upper().replace('-', '_')}_" if service else ""
+    return f"{PREFIX}{scope}{field.upper()}"
 
 
-def load_settings(kind: type[S], environ: Mapping[str, str] | None = None, **overrides: Any) -> S:
+def load_settings(
+    kind: type[S],
+    environ: Mapping[str, str] | None = None,
+    *,
+    service: str | None = None,
+    **overrides: Any,
+) -> S:
     """Build `kind` from the environment (then `overrides`), or raise ConfigError."""
     env = os.environ if environ is None else environ
     raw: dict[str, Any] = {}
+    names: dict[str, str] = {}
     for field in msgspec.structs.fields(kind):
-        name = env_name(field.name)
-        if name in env:
-            raw[field.name] = _coerce(env[name], field.type)
+        for name in (env_name(field.name, service), env_name(field.name)):
+            if name in env:
+                raw[field.name] = _coerce(env[name], field.type)
+                names[field.name] = name
+                break
     raw.update(overrides)
     try:
         return msgspec.convert(raw, kind, strict=False, dec_hook=_dec_hook)
     except msgspec.ValidationError as exc:
-        raise ConfigError(_explain(exc)) from None
+        raise ConfigError(_explain(exc, names)) from None
 
 
 def _coerce(value: str, annotation: Any) -> Any:
@@ -71,11 +82,11 @@ def _dec_hook(kind: type, value: Any) -> Any:
     raise NotImplementedError
 
 
-def _explain(exc: msgspec.ValidationError) -> str:
-    # msgspec says "... - at `$.gateway_port`"; turn the path into the variable name.
+def _explain(exc: msgspec.ValidationError, names: Mapping[str, str]) -> str:
+    # msgspec says "... - at `$.port`"; turn the path into the variable that was read.
     message = str(exc)
     if "at `$." in message:
         head, _, path = message.partition(" - at `$.")
         field = path.rstrip("`").split(".")[0].split("[")[0]
-        return f"{env_name(field)}: {head}"
+        return f"{names.get(field, env_name(field))}: {head}"
     return message

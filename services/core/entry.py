@@ -42,7 +42,7 @@ def serve_main(
     parser.add_argument("--check", action="store_true", help="verify set-up and exit")
     args = parser.parse_args(argv)
     try:
-        settings = load_settings(settings_type)
+        settings = load_settings(settings_type, service=name)
         if not settings.nats_url:
             raise ConfigError("ZLOTH_NATS_URL: required when a service runs on its own")
     except ConfigError as exc:

@@ -144,6 +144,13 @@ async def run_services(
         log.info("services_stopped")
 
 
+async def sleep_or_stop(stopping: asyncio.Event, seconds: float) -> None:
+    """Sleep `seconds`, or less when `stopping` is set (periodic tasks use this)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await stopping.wait()
+
+
 async def _until_listening(server: uvicorn.Server) -> None:
     # uvicorn offers no event for "bound and serving"; its flag flips once, early.
     async with asyncio.timeout(30):

@@ -32,6 +32,7 @@ def _spawn_orphan() -> int:
         os.close(read_fd)
         grandchild = os.fork()
         if grandchild == 0:
+            os.close(write_fd)
             os.setsid()
             null = os.open(os.devnull, os.O_RDWR)
             for fd in (0, 1, 2):
@@ -41,8 +42,8 @@ def _spawn_orphan() -> int:
         os.write(write_fd, str(grandchild).encode())
         os._exit(0)
     os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as pipe:
-        pid = int(pipe.read())
+    pid = int(os.read(read_fd, 32))
+    os.close(read_fd)
     os.wait()  # reap the intermediate child; the grandchild goes to init (or a subreaper)
     return pid
 

@@ -187,30 +187,32 @@ def _pipe_holders(inodes: set[int]) -> dict[int, _Proc]:
     return found
 
 
-def _send(proc: _Proc, sig: int) -> bool:
+def _send(proc: _Proc, sig: int) -> None:
     """Signal exactly this process: through a pidfd checked against the start time, so a
     pid reused since the scan is never hit."""
     try:
         fd = os.pidfd_open(proc.pid)
     except OSError:
-        return False
+        return  # already gone
     try:
         st = _read_stat(proc.pid)
-        if st is None or st.start_time != proc.start_time:
-            return False
-        signal.pidfd_send_signal(fd, sig)
-        return True
+        if st is not None and st.start_time == proc.start_time:
+            signal.pidfd_send_signal(fd, sig)
     except OSError:
-        return False
+        pass  # exited meanwhile
     finally:
         os.close(fd)
 
 
 def _signal_family(family: dict[int, _Proc], group: int, sig: int) -> list[int]:
-    if any(p.pgid == group for p in family.values()):  # also reaches members forked since
+    """Signal every member (and the group: it also reaches members forked since the
+    scan); returns the members targeted."""
+    if any(p.pgid == group for p in family.values()):
         with contextlib.suppress(OSError):
             os.killpg(group, sig)
-    return [pid for pid, proc in family.items() if _send(proc, sig)]
+    for proc in family.values():
+        _send(proc, sig)
+    return sorted(family)
 
 
 def _kill_hard(leader: tuple[int, int], known: Iterable[tuple[int, int]], marker: str) -> list[int]:
@@ -352,11 +354,11 @@ _Verdict = tuple[ExecutionOutcome, str]
 _Stream = Literal["stdout", "stderr"]
 
 
-def _split_cut(buf: bytearray, limit: int) -> int:
-    """Where to split an over-long line: at `limit`, moved back (at most 3 bytes) so that
-    no UTF-8 sequence is cut in two; needs len(buf) > limit."""
-    cut = limit
-    while cut > max(1, limit - 3) and (buf[cut] & 0xC0) == 0x80:
+def _split_cut(buf: bytearray, end: int) -> int:
+    """Where to cut before `end` so that no UTF-8 sequence is cut in two: step back (at
+    most 3 bytes) while buf[end] is a continuation byte. Needs len(buf) > end."""
+    cut = end
+    while cut > end - 3 and (buf[cut] & 0xC0) == 0x80:
         cut -= 1
     return cut
 
@@ -545,14 +547,26 @@ class _AgentRun:
                 await self._emit(stream, buf[start:newline])
                 start = newline + 1
             del buf[:start]
-            while len(buf) > line_limit:
-                cut = _split_cut(buf, line_limit)
-                await self._emit(stream, buf[:cut])
+            if len(buf) > line_limit:  # a line still growing: pass on its full pieces
+                cut = await self._emit(stream, buf, partial=True)
                 del buf[:cut]
         if buf:
             await self._emit(stream, buf)
 
-    async def _emit(self, stream: _Stream, raw: bytearray) -> None:
+    async def _emit(self, stream: _Stream, raw: bytearray, partial: bool = False) -> int:
+        """A line to on_line in pieces of at most max_line_bytes; with `partial`, keep the
+        last piece back (the line goes on). Returns how many bytes were passed on."""
+        limit, start = self._limits.max_line_bytes, 0
+        while len(raw) - start > limit:
+            cut = _split_cut(raw, start + limit)
+            await self._emit_piece(stream, raw[start:cut])
+            start = cut
+        if not partial:
+            await self._emit_piece(stream, raw[start:])
+            start = len(raw)
+        return start
+
+    async def _emit_piece(self, stream: _Stream, raw: bytearray) -> None:
         text = raw.decode("utf-8", errors="replace").removesuffix("\r")
         if stream == "stderr" and text.strip():
             self._last_stderr = text

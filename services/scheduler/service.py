@@ -13,7 +13,7 @@ from schemas.streams import CANCEL_BUCKET, CMD, DLQ, EVT, ConsumerSpec
 from schemas.workspaces import WorkspaceCommitted, WorkspaceFailed, WorkspaceReady
 from services.core import metrics
 from services.core.bus import Consume
-from services.core.runtime import Deps, Service, Unit
+from services.core.runtime import Deps, Service, Unit, sleep_or_stop
 from services.scheduler import NAME, machine
 from services.scheduler.handlers import DeadLetteredCommand, Scheduler, step_command
 from services.scheduler.settings import SchedulerSettings
@@ -61,14 +61,14 @@ async def retry_ticker(scheduler: Scheduler, stopping: asyncio.Event) -> None:
     while not stopping.is_set():
         for run_id in await scheduler.runs.due_retries(scheduler.clock()):
             await scheduler.apply(run_id, machine.retry_due)
-        await _sleep_or_stop(stopping, scheduler.settings.tick_seconds)
+        await sleep_or_stop(stopping, scheduler.settings.tick_seconds)
 
 
 async def reconciler(scheduler: Scheduler, stopping: asyncio.Event) -> None:
     """Re-publish the step command of runs gone silent whose command is no longer in the
     work queue (lost before it was stored, or dead without an event)."""
     while not stopping.is_set():
-        await _sleep_or_stop(stopping, scheduler.settings.reconcile_seconds)
+        await sleep_or_stop(stopping, scheduler.settings.reconcile_seconds)
         try:
             await reconcile_once(scheduler)
         except Exception:
@@ -89,14 +89,6 @@ async def reconcile_once(scheduler: Scheduler) -> int:
     for state, count in (await scheduler.runs.count_by_state()).items():
         metrics.runs_by_state.labels(state).set(count)
     return republished
-
-
-async def _sleep_or_stop(stopping: asyncio.Event, seconds: float) -> None:
-    try:
-        async with asyncio.timeout(seconds):
-            await stopping.wait()
-    except TimeoutError:
-        pass
 
 
 def unit(settings: SchedulerSettings) -> Unit:

@@ -98,7 +98,7 @@ def git_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 def git_argv(args: list[str]) -> list[str]:
     argv = ["git"]
-    for item in ():
+    for item in SAFE_CONFIG:
         argv += ["-c", item]
     return argv + args
 
@@ -108,7 +108,7 @@ async def run_git(
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
     check: bool = True,
-    timeout: float = 300,
+    timeout: float = 300,  # noqa: ASYNC109 -- a default deadline per call; callers may add theirs
     input: bytes | None = None,
     max_stdout: int | None = None,
 ) -> GitResult:
@@ -156,7 +156,8 @@ async def run_git(
 async def _communicate(
     proc: asyncio.subprocess.Process, data: bytes | None, max_stdout: int | None
 ) -> tuple[bytes, bytes, bool]:
-    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout is not None
+    assert proc.stderr is not None
     async with asyncio.TaskGroup() as tg:
         if data is not None:
             tg.create_task(_feed(proc, data))
@@ -165,9 +166,7 @@ async def _communicate(
     return out, err_task.result(), truncated
 
 
-async def _read_stdout(
-    proc: asyncio.subprocess.Process, limit: int | None
-) -> tuple[bytes, bool]:
+async def _read_stdout(proc: asyncio.subprocess.Process, limit: int | None) -> tuple[bytes, bool]:
     assert proc.stdout is not None
     if limit is None:
         return await proc.stdout.read(), False
@@ -204,7 +203,6 @@ def _killpg(proc: asyncio.subprocess.Process) -> None:
 
 
 async def _kill(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        _killpg(proc)
+    _killpg(proc)  # even if git itself is gone: what it started may still hold our pipes
     # Shielded so a second cancellation cannot leave a zombie behind.
     await asyncio.shield(proc.wait())

@@ -105,8 +105,18 @@ class MirrorCache:
             # objects a workspace may still need, so automatic gc is off; repacking a mirror
             # is the GC's job, with --keep-unreachable or once no workspace uses it.
             await run_git(
-                ["clone", "--mirror", "--quiet", "-c", "gc.auto=0", "-c", "maintenance.auto=false",
-                 "--", url, str(tmp)],
+                [
+                    "clone",
+                    "--mirror",
+                    "--quiet",
+                    "-c",
+                    "gc.auto=0",
+                    "-c",
+                    "maintenance.auto=false",
+                    "--",
+                    url,
+                    str(tmp),
+                ],
                 timeout=self._timeout,
             )
             self._write_stamp(tmp)
@@ -124,8 +134,9 @@ class MirrorCache:
         started = time.monotonic()
         before = await asyncio.to_thread(disk_usage, mirror / "objects")
         try:
-            await run_git(["fetch", "--prune", "--quiet", "origin"], cwd=mirror,
-                          timeout=self._timeout)
+            await run_git(
+                ["fetch", "--prune", "--quiet", "origin"], cwd=mirror, timeout=self._timeout
+            )
         except GitError as exc:
             if want_ref is not None and not await is_resolvable(mirror, want_ref):
                 raise

@@ -211,8 +211,14 @@ class WorkspaceFactory:
         elapsed = time.monotonic() - started
         git_clone_seconds.labels(kind="workspace").observe(elapsed)
         git_clone_bytes.labels(kind="workspace").observe(size)
-        log.info("workspace_created", run_id=run_id, branch=branch, base_sha=base_sha,
-                 seconds=round(elapsed, 3), bytes=size)
+        log.info(
+            "workspace_created",
+            run_id=run_id,
+            branch=branch,
+            base_sha=base_sha,
+            seconds=round(elapsed, 3),
+            bytes=size,
+        )
         return workspace
 
     async def _guard(self, path: Path, record: _Record) -> None:
@@ -237,8 +243,9 @@ class WorkspaceFactory:
 
     def _load(self, run_id: str) -> _Record | None:
         try:
-            return msgspec.json.decode((self._records / f"{run_id}.json").read_bytes(),
-                                       type=_Record)
+            return msgspec.json.decode(
+                (self._records / f"{run_id}.json").read_bytes(), type=_Record
+            )
         except (OSError, msgspec.DecodeError):
             return None
 
@@ -264,8 +271,11 @@ async def _clone_shared(
     # in the URL stay with zloth.
     await run_git(["config", "remote.origin.url", _without_credentials(url)], cwd=dest)
     if sparse:
-        await run_git(["sparse-checkout", "set", "--cone", "--stdin"], cwd=dest,
-                      input="".join(f"{p}\n" for p in sparse).encode())
+        await run_git(
+            ["sparse-checkout", "set", "--cone", "--stdin"],
+            cwd=dest,
+            input="".join(f"{p}\n" for p in sparse).encode(),
+        )
     await run_git(["checkout", "--quiet", "-B", branch, base_sha], cwd=dest)
 
 
@@ -309,11 +319,11 @@ async def _commit_worktree(
         return None, rejected
     body = f"{message.strip() or f'zloth run {run_id}'}\n\n{TRAILER}: {run_id}\n"
     # Plumbing, not `git commit`: no hook, template, editor or signing can come into play.
-    made = await run_git(["commit-tree", tree, "-p", base_sha, "-F", "-"], cwd=path,
-                         input=body.encode())
+    made = await run_git(
+        ["commit-tree", tree, "-p", base_sha, "-F", "-"], cwd=path, input=body.encode()
+    )
     sha = made.stdout.strip()
-    await run_git(["update-ref", "-m", f"zloth: run {run_id}", branch_ref, sha, base_sha],
-                  cwd=path)
+    await run_git(["update-ref", "-m", f"zloth: run {run_id}", branch_ref, sha, base_sha], cwd=path)
     return sha, rejected
 
 
@@ -362,8 +372,12 @@ def _file_changes(numstat: str, name_status: str) -> list[FileChange]:
         counts[name] = (int(added) if added != "-" else 0, int(removed) if removed != "-" else 0)
     fields = name_status.split("\0")
     return [
-        FileChange(path=_display(name), added=counts.get(name, (0, 0))[0],
-                   removed=counts.get(name, (0, 0))[1], status=status)
+        FileChange(
+            path=_display(name),
+            added=counts.get(name, (0, 0))[0],
+            removed=counts.get(name, (0, 0))[1],
+            status=status,
+        )
         for status, name in zip(fields[0:-1:2], fields[1::2], strict=True)
     ]
 
@@ -411,9 +425,10 @@ def _put_git_file(gitdir: Path, rel: str, content: bytes | None) -> None:
 
 
 async def _check_branch(branch: str) -> None:
-    ok = not branch.startswith("-") and (
-        await run_git(["check-ref-format", f"refs/heads/{branch}"], check=False)
-    ).code == 0
+    ok = (
+        not branch.startswith("-")
+        and (await run_git(["check-ref-format", f"refs/heads/{branch}"], check=False)).code == 0
+    )
     if not ok:
         raise ValueError(f"not a valid branch name: {branch!r}")
 
@@ -432,8 +447,10 @@ def _check_relative(raw: str) -> str:
     """`raw` as a clean relative path inside the workspace (for sparse paths, the summary)."""
     p = raw.strip().strip("/")
     parts = p.split("/")
-    if not p or any(part in ("", ".", "..", ".git") for part in parts) or any(
-        c in p for c in "\0\n\r"
+    if (
+        not p
+        or any(part in ("", ".", "..", ".git") for part in parts)
+        or any(c in p for c in "\0\n\r")
     ):
         raise ValueError(f"not a relative path inside the workspace: {raw!r}")
     return p

@@ -36,8 +36,9 @@ def factory(mirrors: MirrorCache, tmp_path: Path) -> WorkspaceFactory:
     return WorkspaceFactory(mirrors, tmp_path / "workspaces")
 
 
-async def _create(factory: WorkspaceFactory, origin: Path, run_id: str = "run1",
-                  **kwargs: object) -> Workspace:
+async def _create(
+    factory: WorkspaceFactory, origin: Path, run_id: str = "run1", **kwargs: object
+) -> Workspace:
     args: dict[str, object] = {"base_ref": None, "branch": f"zloth/{run_id}", **kwargs}
     return await factory.create(run_id, REPO, str(origin), **args)  # type: ignore[arg-type]
 
@@ -77,14 +78,16 @@ async def test_run_git_ignores_inherited_git_environment(
 
 
 async def test_run_git_kills_git_at_its_deadline(tmp_path: Path) -> None:
-    """Past the timeout git (and what it started) is killed and GitTimeout is raised."""
-    marker = tmp_path / "finished"
-    started = asyncio.get_running_loop().time()
-    with pytest.raises(GitTimeout):
-        await run_git(["-c", f"alias.slow=!sleep 3 && touch {marker}", "slow"], timeout=0.3)
-    assert asyncio.get_running_loop().time() - started < 2.5
-    await asyncio.sleep(0)  # the kill already happened; nothing may touch the marker later
-    assert not marker.exists()
+    """Past the timeout GitTimeout is raised promptly and git's whole process group is
+    killed (here the `sleep` an alias started), not just git."""
+    pid_file = tmp_path / "pid"
+    alias = f"alias.slow=!echo $$ > {pid_file}; exec sleep 30"
+    async with asyncio.timeout(5):
+        with pytest.raises(GitTimeout):
+            await run_git(["-c", alias, "slow"], timeout=0.5)
+        proc = Path("/proc") / pid_file.read_text().strip()
+        while proc.exists() and " Z " not in (proc / "stat").read_text():  # gone or a zombie
+            await asyncio.sleep(0.01)
 
 
 # --- mirrors.py -------------------------------------------------------------------------
@@ -105,9 +108,7 @@ async def test_two_caches_on_one_host_share_one_clone(tmp_path: Path, origin: Pa
     """Two processes' caches on one root (the flock, not the asyncio.Lock) clone once."""
     a = MirrorCache(tmp_path / "mirrors", refresh_seconds=3600)
     b = MirrorCache(tmp_path / "mirrors", refresh_seconds=3600)
-    paths = await asyncio.gather(
-        *(cache.ensure(REPO, str(origin), None) for cache in (a, b) * 10)
-    )
+    paths = await asyncio.gather(*(cache.ensure(REPO, str(origin), None) for cache in (a, b) * 10))
     assert len(set(paths)) == 1
     assert a.clones + b.clones == 1
     assert a.fetches + b.fetches == 0
@@ -121,7 +122,8 @@ async def test_missing_ref_triggers_a_fetch(
     new_sha = add_commit(origin, {"docs/new.md": "new\n"}, "feature work", branch="feature")
     ws = await _create(factory, origin, "run2", base_ref="feature")
     assert (mirrors.clones, mirrors.fetches) == (1, 1)
-    assert ws.base_sha == new_sha and ws.base_ref == "feature"
+    assert ws.base_sha == new_sha
+    assert ws.base_ref == "feature"
     assert (Path(ws.path) / "docs/new.md").read_text() == "new\n"
 
 
@@ -159,9 +161,7 @@ async def test_twenty_concurrent_creates_share_one_clone_and_copy_no_objects(
     mirrors: MirrorCache, factory: WorkspaceFactory, origin: Path
 ) -> None:
     """20 runs at once: one mirror clone, 20 branches, no objects copied, fsck clean."""
-    workspaces = await asyncio.gather(
-        *(_create(factory, origin, f"run{i:02d}") for i in range(20))
-    )
+    workspaces = await asyncio.gather(*(_create(factory, origin, f"run{i:02d}") for i in range(20)))
     assert (mirrors.clones, mirrors.fetches) == (1, 0)
     mirror = mirrors.path_for(REPO)
     git("fsck", "--strict", "--no-progress", cwd=mirror)
@@ -216,6 +216,21 @@ async def test_sparse_checkout_holds_only_the_requested_dir(
     assert any(p.startswith("docs/") for p in present)
 
 
+async def test_commit_in_sparse_workspace_keeps_unchecked_out_files(
+    factory: WorkspaceFactory, origin: Path
+) -> None:
+    """In a sparse workspace, files outside the cone are not committed as deleted, and a
+    file the agent adds outside the cone is committed."""
+    ws = await _create(factory, origin, sparse_paths=["docs"])
+    path = Path(ws.path)
+    (path / "docs/file02.txt").write_text("edited\n")
+    (path / "src").mkdir()
+    (path / "src/added.py").write_text("x = 1\n")
+    result = await factory.commit(path, ws.base_sha, "msg", "run1")
+    changes = sorted((c.path, c.status) for c in result.files_changed)
+    assert changes == [("docs/file02.txt", "M"), ("src/added.py", "A")]
+
+
 async def test_bad_inputs_are_refused(factory: WorkspaceFactory, origin: Path) -> None:
     """Path-like run ids, option-like branches and escaping sparse paths are ValueErrors."""
     with pytest.raises(ValueError, match="run id"):
@@ -261,7 +276,8 @@ async def test_commit_makes_one_commit_with_trailer(
     )
     tree = set(git("ls-tree", "-r", "--name-only", "HEAD", cwd=path).split())
     assert {".env", "config/.env.local", "server.pem", ".zloth-summary.md"}.isdisjoint(tree)
-    assert "src/app/new.py" in tree and "docs/file02.txt" not in tree
+    assert "src/app/new.py" in tree
+    assert "docs/file02.txt" not in tree
     assert result.rejected_paths == [".env", "config/.env.local", "server.pem"]
     changes = {c.path: (c.status, c.added, c.removed) for c in result.files_changed}
     assert changes == {
@@ -270,8 +286,10 @@ async def test_commit_makes_one_commit_with_trailer(
         "docs/file02.txt": ("D", 0, 11),
         BINARY_FILE: ("M", 0, 0),
     }
-    assert "+print('new')" in result.diff and "SECRET" not in result.diff
-    assert "Binary files" in result.diff and not result.diff_truncated
+    assert "+print('new')" in result.diff
+    assert "SECRET" not in result.diff
+    assert "Binary files" in result.diff
+    assert not result.diff_truncated
     assert not (path / ".zloth-summary.md").exists()
 
 
@@ -316,7 +334,8 @@ async def test_long_diff_is_truncated_on_a_line(factory: WorkspaceFactory, origi
     (path / "big.txt").write_text("".join(f"line {i}\n" for i in range(5000)))
     result = await factory.commit(path, ws.base_sha, "msg", "run1", max_diff_bytes=1000)
     assert result.diff_truncated
-    assert 0 < len(result.diff.encode()) <= 1000 and result.diff.endswith("\n")
+    assert 0 < len(result.diff.encode()) <= 1000
+    assert result.diff.endswith("\n")
     assert [(c.path, c.added) for c in result.files_changed] == [("big.txt", 5000)]
 
 
@@ -381,12 +400,19 @@ async def test_commit_after_reset_commits_again(factory: WorkspaceFactory, origi
 def _plant_hostile_git(path: Path, marker: Path) -> None:
     """Everything an agent could put in .git (and .gitattributes) to run code as zloth."""
     script = path / "evil.sh"
-    script.write_text(f"#!/bin/sh\necho \"$0 $*\" >> {marker}\ncat\n")
+    script.write_text(f'#!/bin/sh\necho "$0 $*" >> {marker}\ncat\n')
     script.chmod(0o755)
     hooks = path / ".git" / "hooks"
     hooks.mkdir(exist_ok=True)
-    for hook in ("pre-commit", "commit-msg", "post-commit", "post-checkout",
-                 "post-index-change", "reference-transaction", "pre-auto-gc"):
+    for hook in (
+        "pre-commit",
+        "commit-msg",
+        "post-commit",
+        "post-checkout",
+        "post-index-change",
+        "reference-transaction",
+        "pre-auto-gc",
+    ):
         (hooks / hook).write_text(f"#!/bin/sh\necho {hook} >> {marker}\n")
         (hooks / hook).chmod(0o755)
     (path / ".gitattributes").write_text("* filter=evil diff=evil\n")
@@ -394,8 +420,8 @@ def _plant_hostile_git(path: Path, marker: Path) -> None:
     with (path / ".git" / "config").open("a") as config:
         config.write(
             f"[core]\n\tfsmonitor = {script}\n\thooksPath = {hooks}\n"
-            f"[filter \"evil\"]\n\tclean = {script} clean\n\tsmudge = {script} smudge\n"
-            f"[diff \"evil\"]\n\ttextconv = {script}\n\tcommand = {script}\n"
+            f'[filter "evil"]\n\tclean = {script} clean\n\tsmudge = {script} smudge\n'
+            f'[diff "evil"]\n\ttextconv = {script}\n\tcommand = {script}\n'
             f"[diff]\n\texternal = {script}\n"
             f"[include]\n\tpath = {path / 'included.cfg'}\n"
         )

@@ -23,8 +23,12 @@ _DIRS = ("src/app", "src/lib", "docs", "tests")
 BINARY_FILE = "assets/logo.bin"
 
 
-def git(*args: str, cwd: Path | None = None, input: bytes | None = None,
-        env: dict[str, str] | None = None) -> str:
+def git(
+    *args: str,
+    cwd: Path | None = None,
+    input: bytes | None = None,
+    env: dict[str, str] | None = None,
+) -> str:
     """Run git for a test (blocking), with no user or system config; return stdout."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     full_env.update(_ENV)
@@ -70,15 +74,24 @@ def make_origin(tmp: Path, files: int = 20, commits: int = 3) -> Path:
 
 
 def add_commit(
-    origin: Path, files: dict[str, str | None], message: str, branch: str = "main",
+    origin: Path,
+    files: dict[str, str | None],
+    message: str,
+    branch: str = "main",
     start: str = "main",
 ) -> str:
     """Commit `files` (None deletes one) onto `branch` of the bare `origin` (created from
     `start` if new), as a push would; return the new commit's sha."""
-    exists = subprocess.run(
-        ["git", "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"],
-        cwd=origin, capture_output=True, check=False, env={**os.environ, **_ENV},
-    ).returncode == 0
+    exists = (
+        subprocess.run(
+            ["git", "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"],
+            cwd=origin,
+            capture_output=True,
+            check=False,
+            env={**os.environ, **_ENV},
+        ).returncode
+        == 0
+    )
     parent = git("rev-parse", branch if exists else start, cwd=origin).strip()
     index = {"GIT_INDEX_FILE": str(origin / f"tmp-index-{branch.replace('/', '_')}")}
     git("read-tree", parent, cwd=origin, env=index)

@@ -1,0 +1,70 @@
+"""The SSE response: streams frames until they end, the client goes away, or its session is
+stopped (too slow, or the relay shutting down), whichever comes first.
+
+A stopped session must end even while a write is blocked on a client that does not
+read, so the writer is cancelled rather than asked to stop; the closing write then gets
+`finish_timeout` seconds, after which the server drops the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from services.log_relay.hub import Session
+
+_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}  # no proxy buffering
+_RETRY = b"retry: 1000\n\n"  # EventSource: reconnect after 1 s, not its default 3 s
+_TAILS = {
+    "slow": b": dropped: too far behind; reconnect with Last-Event-ID\n\n",
+    "shutdown": b": relay shutting down; reconnect with Last-Event-ID\n\n",
+}
+
+
+class EventStreamResponse(StreamingResponse):
+    def __init__(
+        self, frames: AsyncIterator[bytes], session: Session, *, finish_timeout: float = 1.0
+    ) -> None:
+        super().__init__(frames, media_type="text/event-stream", headers=_HEADERS)
+        self._frames = frames
+        self._session = session
+        self._finish_timeout = finish_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code,
+                    "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": _RETRY, "more_body": True})
+        async with asyncio.TaskGroup() as group:
+            writer = group.create_task(self._write(send))
+            watcher = group.create_task(self._watch(receive, writer))
+            writer.add_done_callback(lambda _: watcher.cancel())
+        tail = _TAILS.get(self._session.reason, b"")
+        try:
+            async with asyncio.timeout(self._finish_timeout):
+                await send({"type": "http.response.body", "body": tail, "more_body": False})
+        except TimeoutError:
+            pass  # the client stopped reading: returning unfinished makes the server close it
+
+    async def _write(self, send: Send) -> None:
+        async with aclosing(self._frames) as frames:
+            async for frame in frames:
+                await send({"type": "http.response.body", "body": frame, "more_body": True})
+
+    async def _watch(self, receive: Receive, writer: asyncio.Task[None]) -> None:
+        async with asyncio.TaskGroup() as group:
+            gone = group.create_task(_until_disconnect(receive))
+            stopped = group.create_task(self._session.stopped.wait())
+            gone.add_done_callback(lambda _: stopped.cancel())
+            stopped.add_done_callback(lambda _: gone.cancel())
+        if not gone.cancelled():
+            self._session.stop("disconnected")
+        writer.cancel()
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
