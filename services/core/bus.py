@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import contextvars
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
@@ -305,7 +305,7 @@ class Bus:
 
     async def replay(
         self, subject: str, start_seq: int = 1, *, idle_timeout: float | None = None
-    ) -> AsyncIterator[tuple[int, int, bytes]]:
+    ) -> AsyncGenerator[tuple[int, int, bytes], None]:
         """Yield `(stream_seq, num_pending, data)` of `subject` from `start_seq` on, live.
 
         An ordered, ephemeral consumer: no server state outlives the reader. Ends after

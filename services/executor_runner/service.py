@@ -13,7 +13,7 @@ import msgspec
 from schemas.executions import CancelRequested, ExecuteRun
 from schemas.streams import CANCEL_BUCKET, EXECUTORS_BUCKET, LOGS, exec_consumer
 from services.core.bus import Consume
-from services.core.config import ConfigError
+from services.core.errors import ConfigError
 from services.core.runtime import Deps, Service, Unit, sleep_or_stop
 from services.core.telemetry import get_logger
 from services.executor_runner import NAME

@@ -33,3 +33,9 @@ class CreateRuns(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     ]
     base_ref: GitRef | None = None
     timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=7 * 86_400)] | None = None
+
+
+class CancelBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Optional body of a cancel."""
+
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)] | None = None

@@ -25,6 +25,10 @@ from services.log_relay.topics import Frame, Topic
 _RESTART_DELAY_SECONDS = 1.0
 
 
+class HubClosed(Exception):
+    """The relay is shutting down: no new feeds."""
+
+
 class HubStats(msgspec.Struct, kw_only=True):
     feeds: int = 0
     sessions: int = 0
@@ -76,12 +80,12 @@ class Mailbox:
         self._stats.peak_queue = max(self._stats.peak_queue, len(self._frames))
         self._ready.set()
 
-    async def next(self, timeout: float) -> Frame | None:
-        """The next frame, or None after `timeout` seconds without one."""
+    async def next(self, idle_seconds: float) -> Frame | None:
+        """The next frame, or None after `idle_seconds` without one."""
         if not self._frames:
             self._ready.clear()
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(idle_seconds):
                     await self._ready.wait()
             except TimeoutError:
                 return None
@@ -136,7 +140,7 @@ class Feed:
             newest = await self._bus.last_message(self.topic.stream, self.topic.subject)
             if newest is not None:
                 self.pos = newest[0]
-                frame = self._render(*newest)
+                frame = self.render(*newest)
                 if frame is not None and frame.end:
                     self.end = frame
             self.ready.set()
@@ -144,7 +148,7 @@ class Feed:
             return
         async with aclosing(self._bus.replay(self.topic.subject, self.pos + 1)) as messages:
             async for seq, _, data in messages:
-                frame = self._render(seq, data)
+                frame = self.render(seq, data)
                 self.pos = seq
                 if frame is None:
                     continue
@@ -158,7 +162,7 @@ class Feed:
             if not box.offer(frame):
                 self._boxes.discard(box)
 
-    def _render(self, seq: int, data: bytes) -> Frame | None:
+    def render(self, seq: int, data: bytes) -> Frame | None:
         try:
             return self.topic.render(seq, data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -214,7 +218,8 @@ class Hub:
     async def feed(self, topic: Topic) -> AsyncIterator[Feed]:
         """The shared, started feed of `topic`, kept alive while the caller holds it."""
         await self._running.wait()
-        assert self._group is not None
+        if self.closing or self._group is None:
+            raise HubClosed
         feed = self._feeds.get(topic.subject)
         if feed is None:
             feed = Feed(self.bus, topic, self._bound, self._stats)

@@ -4,7 +4,7 @@ archiver need an end, which is the subject's last sequence looked up first."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
 from services.core.bus import Bus
@@ -16,7 +16,7 @@ _IDLE_BACKSTOP_SECONDS = 3.0
 
 async def read_range(
     bus: Bus, subject: str, after: int, until: int
-) -> AsyncIterator[tuple[int, bytes]]:
+) -> AsyncGenerator[tuple[int, bytes], None]:
     """Yield `(stream_seq, data)` of the messages on `subject` with after < seq <= until."""
     if until <= after:
         return

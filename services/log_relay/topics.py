@@ -74,8 +74,9 @@ def decode_chunk(stream_seq: int, data: bytes) -> StoredChunk:
 
 def _one_line(raw: msgspec.Raw) -> msgspec.Raw:
     # SSE data must fit on one line; only JSON whitespace can hold a raw newline.
-    if b"\n" in raw or b"\r" in raw:
-        return msgspec.Raw(msgspec.json.encode(msgspec.json.decode(raw)))
+    text = bytes(raw)
+    if b"\n" in text or b"\r" in text:
+        return msgspec.Raw(msgspec.json.encode(msgspec.json.decode(text)))
     return raw
 
 

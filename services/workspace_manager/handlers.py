@@ -16,10 +16,10 @@ from schemas.workspaces import (
 from services.core.bus import Bus, Delivery
 from services.core.errors import Retry
 from services.core.telemetry import get_logger
-from services.workspace_manager.git import GitError
+from services.core.git import GitError
 from services.workspace_manager.mirrors import UnknownRefError
 from services.workspace_manager.settings import WorkspaceSettings
-from services.workspace_manager.workspaces import WorkspaceFactory
+from services.workspace_manager.workspaces import WorkspaceError, WorkspaceFactory
 
 
 class WorkspaceHandlers:
@@ -37,7 +37,7 @@ class WorkspaceHandlers:
             )
             if cmd.attempt > 1:  # a retry starts from the base, whatever the last attempt did
                 await self.factory.reset(Path(workspace.path), workspace.base_sha)
-        except (UnknownRefError, ValueError) as exc:
+        except (UnknownRefError, ValueError, WorkspaceError) as exc:
             await self._failed(cmd.run_id, cmd.attempt, "prepare", str(exc), retryable=False)
             return
         except GitError as exc:
@@ -56,7 +56,7 @@ class WorkspaceHandlers:
                 summary_file=self.settings.summary_file,
                 max_diff_bytes=self.settings.max_diff_bytes,
             )
-        except ValueError as exc:
+        except (ValueError, WorkspaceError) as exc:
             await self._failed(cmd.run_id, cmd.attempt, "commit", str(exc), retryable=False)
             return
         except GitError as exc:

@@ -22,7 +22,7 @@ from pathlib import Path
 import structlog
 
 from services.core.metrics import git_clone_bytes, git_clone_seconds
-from services.workspace_manager.git import GitError, run_git
+from services.core.git import GitError, run_git
 
 log = structlog.get_logger(__name__)
 

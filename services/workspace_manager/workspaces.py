@@ -23,7 +23,7 @@ import structlog
 
 from schemas.runs import FileChange
 from services.core.metrics import git_clone_bytes, git_clone_seconds
-from services.workspace_manager.git import GitError, run_git
+from services.core.git import GitError, run_git
 from services.workspace_manager.mirrors import (
     MirrorCache,
     default_branch,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from services.workspace_manager.git import GitError, GitTimeout, run_git
+from services.core.git import GitError, GitTimeout, run_git
 from services.workspace_manager.mirrors import (
     MirrorCache,
     UnknownRefError,
@@ -85,9 +85,16 @@ async def test_run_git_kills_git_at_its_deadline(tmp_path: Path) -> None:
     async with asyncio.timeout(5):
         with pytest.raises(GitTimeout):
             await run_git(["-c", alias, "slow"], timeout=0.5)
-        proc = Path("/proc") / pid_file.read_text().strip()
-        while proc.exists() and " Z " not in (proc / "stat").read_text():  # gone or a zombie
+        pid = int(pid_file.read_text())
+        while _running(pid):  # noqa: ASYNC110 -- another process's death sends no event
             await asyncio.sleep(0.01)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return " Z " not in Path(f"/proc/{pid}/stat").read_text()  # a zombie is dead
+    except FileNotFoundError:
+        return False
 
 
 # --- mirrors.py -------------------------------------------------------------------------

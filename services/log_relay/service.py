@@ -1,0 +1,42 @@
+"""Wire log-relay: the hub (a task owning the shared feeds), the archive consumer, the
+routes. `health()` reports the hub's counters (clients, feeds, drops, deepest queue)."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import msgspec
+
+from services.core.bus import Consume
+from services.core.runtime import Deps, Service, Unit
+from services.log_relay import NAME
+from services.log_relay.api import RelayApi
+from services.log_relay.archive import Archiver
+from services.log_relay.hub import Hub
+from services.log_relay.settings import LogRelaySettings
+from services.log_relay.store import ArchiveStore
+
+
+async def build(settings: LogRelaySettings, deps: Deps) -> Service:
+    hub = Hub(deps.bus, settings.client_queue_chunks)
+    archive = ArchiveStore(deps.store)
+    consumers: list[Consume[Any]] = []
+    if settings.archive:
+        archiver = Archiver(deps.bus, archive, settings.archive_max_bytes)
+        consumers.append(archiver.registration())
+
+    async def health() -> dict[str, Any]:
+        return {"ok": deps.bus.connected, "hub": msgspec.to_builtins(hub.stats())}
+
+    return Service(
+        name=NAME,
+        consumers=consumers,
+        tasks=[hub.run],
+        routes=list(RelayApi(hub, archive, settings).routes()),
+        health=health,
+    )
+
+
+def unit(settings: LogRelaySettings) -> Unit:
+    return Unit(name=NAME, package="services.log_relay", build=partial(build, settings))

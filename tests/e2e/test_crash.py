@@ -1,0 +1,51 @@
+"""Services as separate processes: `kill -9` the executor-runner mid-run; a restarted
+runner finishes the run, exactly once, and no agent process is left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+from services.core.bus import Bus
+from services.core.natsd import NatsServer
+from tests.support.gitrepo import git, make_origin
+from tests.support.procs import pids_with, wait_no_process_with
+from tests.support.stack import process_stack, submit, wait_run
+
+
+async def count_on(bus: Bus, subject: str) -> int:
+    return sum([1 async for _ in bus.replay(subject, 1, idle_timeout=1.0)])
+
+
+async def test_runner_killed_mid_run_is_completed_by_a_restarted_runner(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    origin = make_origin(tmp_path / "origin", files=5, commits=1)
+    token = f"tok{uuid.uuid4().hex[:10]}"
+    data = tmp_path / "data"
+    async with process_stack(nats_server.url, data) as (client, procs):
+        accepted = await submit(client, origin, ["demo-a"], f"Slow work SLEEP=3 {token}")
+        run = accepted["runs"][0]
+        async with asyncio.timeout(30):
+            while not pids_with(token):
+                await asyncio.sleep(0.05)
+        first_agents = pids_with(token)
+        procs["executor-runner"].kill()
+        procs["executor-runner"].start()
+        done = await wait_run(client, run["id"], {"succeeded", "failed", "canceled"}, 90)
+        await wait_no_process_with(token)
+        bus = await Bus.connect(nats_server.url, name="probe")
+        try:
+            succeeded = await count_on(bus, f"zloth.evt.run.succeeded.*.{run['id']}")
+            finished = await count_on(bus, "zloth.evt.exec.finished")
+        finally:
+            await bus.close()
+    assert done["state"] == "succeeded", done.get("reason")
+    assert done["attempt"] == 1  # the broker redelivered the attempt; no retry was needed
+    assert succeeded == 1
+    assert finished == 1
+    workspace = data / "workspaces" / run["id"]
+    count = git("rev-list", "--count", f"{done['base_sha']}..{done['branch']}", cwd=workspace)
+    assert count.strip() == "1"
+    assert not set(first_agents) & set(pids_with(token))

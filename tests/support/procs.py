@@ -1,0 +1,27 @@
+"""Find processes by a token in their command line (agents carry it in their argv)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+
+def pids_with(token: str) -> list[int]:
+    found = []
+    needle = token.encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if needle in cmdline and b"pytest" not in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+async def wait_no_process_with(token: str, timeout: float = 15.0) -> None:
+    async with asyncio.timeout(timeout):
+        while pids_with(token):
+            await asyncio.sleep(0.1)
