@@ -30,16 +30,13 @@ def _spawn_orphan() -> int:
     read_fd, write_fd = os.pipe()
     if os.fork() == 0:  # intermediate child
         os.close(read_fd)
-        grandchild = os.fork()
-        if grandchild == 0:
-            os.close(write_fd)
+        if os.fork() == 0:  # grandchild
             os.setsid()
+            os.write(write_fd, str(os.getpid()).encode())  # only now it has escaped
             null = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
+            for fd in (0, 1, 2, write_fd):
                 os.dup2(null, fd)
             time.sleep(600)
-            os._exit(0)
-        os.write(write_fd, str(grandchild).encode())
         os._exit(0)
     os.close(write_fd)
     pid = int(os.read(read_fd, 32))

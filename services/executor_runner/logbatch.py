@@ -5,6 +5,7 @@ once, and counted on the last chunk."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -83,9 +84,15 @@ class LogBatcher:
         if timer is not None:
             timer.cancel()
             (failure,) = await asyncio.gather(timer, return_exceptions=True)
-        if exc_type is None or issubclass(exc_type, Exception):
+        if exc is None:
             async with self._lock:
                 await self._flush_locked(last=True)
+        elif isinstance(exc, Exception):
+            # the body's error is the one to report: a publish failing now is likely its
+            # consequence, so a best-effort flush must not replace it
+            with contextlib.suppress(Exception):
+                async with self._lock:
+                    await self._flush_locked(last=True)
         if isinstance(failure, Exception) and exc is None:
             raise failure  # an emit that failed in the timer
 

@@ -1,18 +1,6 @@
 """Runs one agent as a hostile subprocess: own session, rlimits, timeouts, and a kill that
-reaches every descendant, even one that setsid()s away. Pidfiles let a restarted runner
-reap what a killed one left behind. Pure asyncio, Linux (/proc, prctl); no NATS.
-
-How the agent's "family" is found (all of it is killed, SIGTERM then SIGKILL):
-- its process group and session (``start_new_session=True``: pgid == sid == agent pid);
-- its descendants by ppid. The agent is made a child *subreaper* (prctl, kept across
-  exec), so a double-forked grandchild is re-parented to the agent, not to init, and
-  stays a descendant for as long as the agent lives;
-- every process seen in the tree by a periodic poll (``Limits.tree_poll_seconds``),
-  identified by (pid, start time) so a reused pid is never hit;
-- every process whose initial environment carries this run's random marker
-  (``AGENT_RUN_TOKEN``): catches forked daemons after the agent itself has exited;
-- last resort, whoever still holds the agent's stdout/stderr pipes open.
-"""
+reaches every process it started, even one that setsid()s away. Pidfiles let a restarted
+runner reap what a killed one left behind. Pure asyncio on Linux (/proc, prctl); no NATS."""
 
 from __future__ import annotations
 
@@ -99,6 +87,17 @@ class _PidRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 
 # ---------------------------------------------------------------------------- /proc
+#
+# The agent's "family" (all of it is killed: SIGTERM, grace, SIGKILL):
+# - its process group and session (start_new_session: pgid == sid == agent pid);
+# - its descendants by ppid. The agent is made a child *subreaper* (prctl, kept across
+#   exec), so a double-forked grandchild is re-parented to the agent, not to init, and
+#   stays a descendant for as long as the agent lives;
+# - every process seen in the tree by a periodic poll (Limits.tree_poll_seconds),
+#   identified by (pid, start time) so that a reused pid is never hit;
+# - every process whose initial environment holds this run's random marker
+#   (AGENT_RUN_TOKEN): finds forked daemons after the agent itself has exited;
+# - last resort, whoever still holds the agent's stdout/stderr pipes open.
 
 
 class _Proc(NamedTuple):
@@ -448,7 +447,7 @@ class _AgentRun:
                 read_fd, write_fd = os.pipe()
                 write_fds.append(write_fd)
                 self._inodes.add(os.fstat(read_fd).st_ino)
-                reader = asyncio.StreamReader(limit=_READ_SIZE, loop=self._loop)
+                reader = asyncio.StreamReader(limit=_READ_SIZE)
                 transport, _ = await self._loop.connect_read_pipe(
                     functools.partial(asyncio.StreamReaderProtocol, reader),
                     os.fdopen(read_fd, "rb", buffering=0),
@@ -559,6 +558,7 @@ class _AgentRun:
         limit, start = self._limits.max_line_bytes, 0
         while len(raw) - start > limit:
             cut = _split_cut(raw, start + limit)
+            cut = cut if cut > start else start + limit  # limit < 4: cut inside the char
             await self._emit_piece(stream, raw[start:cut])
             start = cut
         if not partial:

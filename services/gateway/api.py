@@ -32,7 +32,6 @@ from services.gateway.views import (
     Message,
     Repo,
     RepoList,
-    Run,
     Task,
 )
 
@@ -210,8 +209,7 @@ class Api:
                 timeout_seconds=timeout,
             )
             commands.append(command)
-            runs.append(NewRun(run=_queued(command), command=msgspec.json.encode(command),
-                               correlation_id=correlation_id.get()))
+            runs.append(NewRun.of(command, correlation_id.get()))
         return message, runs, commands
 
     async def get_run(self, request: Request) -> Response:
@@ -257,18 +255,6 @@ def _check_runs_body(body: CreateRuns) -> None:
                         field="instruction")
     if len(set(body.executors)) != len(body.executors):
         raise HTTPError(422, "invalid_field", "executors must be unique", field="executors")
-
-
-def _queued(command: StartRun) -> Run:
-    return Run(
-        id=command.run_id, task_id=command.task_id, message_id=command.message_id,
-        executor=command.executor, state="queued", attempt=0, version=0, reason=None,
-        previous_run_id=command.previous_run_id, accepted_at=command.accepted_at,
-        queued_at=None, started_at=None, agent_started_at=None, finished_at=None,
-        summary=None, session_id=None, branch=None, base_sha=None, commit_sha=None,
-        files_changed=[], diff=None, diff_truncated=False, exit_code=None, usage={},
-        cost_usd=None,
-    )
 
 
 async def _read_bounded(request: Request) -> None:

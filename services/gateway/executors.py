@@ -48,7 +48,7 @@ class ExecutorRegistry:
             items = await self._bus.kv_items(self._bucket)
         except BusError:
             raise
-        except Exception as exc:  # noqa: BLE001  the bus leaves KV errors unmapped: any failure here is "NATS unavailable"
+        except Exception as exc:  # the bus leaves KV errors unmapped: any is "NATS unavailable"
             raise BusError(f"cannot read the {self._bucket} bucket: {exc}") from exc
         found: dict[str, Announcement] = {}
         for key, value in items.items():

@@ -1,9 +1,9 @@
 """The accepted-runs outbox: publish a message's StartRuns right after the accept commits,
-and a reconciler that re-publishes any the scheduler has not answered (version 0) once due.
+and a reconciler that publishes again any the scheduler has not answered (version 0) once due.
 
-Re-publishing is harmless: same `Nats-Msg-Id` (deduplicated within the stream's window) and
-an idempotent scheduler. This is what makes every 2xx the gateway answered reach a terminal
-state when a publish or the scheduler's copy was lost.
+Publishing again is harmless: the stream deduplicates by `Nats-Msg-Id` and the scheduler is
+idempotent per run. This is what makes every 2xx the gateway answered reach a terminal state
+when a publish, or the scheduler's copy, was lost.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from dataclasses import dataclass
 import msgspec
 
 from schemas.runs import StartRun
+from schemas.streams import CMD
 from services.core.bus import Bus
 from services.core.errors import BackpressureError, BusError
+from services.core.runtime import sleep_or_stop
 from services.core.telemetry import get_logger
 from services.gateway.idempotency import Clock
 from services.gateway.store import GatewayStore, OutboxItem
@@ -78,7 +80,7 @@ class Outbox:
         await every(period, stopping, self.sweep, "outbox_sweep_failed")
 
     async def sweep(self) -> int:
-        """Re-publish every due run; return how many went out."""
+        """Publish every due run; return how many went out."""
         now = self._clock().timestamp()
         sent = 0
         for item in await self._store.outbox_due(now):
@@ -86,12 +88,17 @@ class Outbox:
             if not await self._store.claim_dispatch(item, claimed_until):
                 continue  # another publisher has it
             try:
-                await self._republish(item)
+                published = await self._publish(item)
             except BusError as exc:
                 self._log.warning("start_run_republish_failed", run_id=item.run_id, error=str(exc))
                 await self._store.release_dispatch(item.run_id, claimed_until, now)
                 break  # the bus is in trouble: the next sweep tries again
             at = self._clock().timestamp()
+            if not published:  # still queued: the scheduler has not got to it yet
+                await self._store.release_dispatch(
+                    item.run_id, claimed_until, at + self._redispatch_after
+                )
+                continue
             await self._store.mark_dispatched(
                 [(item.run_id, item.dispatch_count)], at, self._redispatch_after
             )
@@ -100,9 +107,18 @@ class Outbox:
             self._log.info("start_runs_republished", count=sent)
         return sent
 
-    async def _republish(self, item: OutboxItem) -> None:
+    async def _publish(self, item: OutboxItem) -> bool:
+        """Publish a run nobody published yet under its own msg id (the stream drops it if
+        an earlier attempt did get through); a run the scheduler took without a word
+        again under a fresh one, past the dedup window, unless it is still queued."""
         command = msgspec.json.decode(item.command, type=StartRun)
-        await self._bus.publish(command, correlation=item.correlation_id)
+        msg_id = None
+        if item.dispatched:
+            if await self._bus.has_message(CMD.name, command.subject()):
+                return False
+            msg_id = f"{command.msg_id()}:r{item.dispatch_count}"
+        await self._bus.publish(command, correlation=item.correlation_id, msg_id=msg_id)
+        return True
 
 
 async def every(
@@ -113,10 +129,6 @@ async def every(
     while not stopping.is_set():
         try:
             await work()
-        except Exception:  # noqa: BLE001  top of a periodic unit of work: log, try next period
+        except Exception:  # top of a periodic unit of work: log, try next period
             log.exception(failed)
-        try:
-            async with asyncio.timeout(period):
-                await stopping.wait()
-        except TimeoutError:
-            pass
+        await sleep_or_stop(stopping, period)

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from schemas.runs import FileChange, RunStateChanged
+from schemas.runs import FileChange, RunStateChanged, StartRun
 from services.core.store import Queries, Row, Store
 from services.gateway.idempotency import KeyRecord, write_record
 from services.gateway.views import Message, Repo, Run, Task, TaskDetail, TaskList
@@ -38,6 +38,19 @@ class NewRun(msgspec.Struct, frozen=True, kw_only=True):
     command: bytes
     correlation_id: str | None
 
+    @classmethod
+    def of(cls, command: StartRun, correlation_id: str | None) -> NewRun:
+        view = Run(
+            id=command.run_id, task_id=command.task_id, message_id=command.message_id,
+            executor=command.executor, state="queued", attempt=0, version=0, reason=None,
+            previous_run_id=command.previous_run_id, accepted_at=command.accepted_at,
+            queued_at=None, started_at=None, agent_started_at=None, finished_at=None,
+            summary=None, session_id=None, branch=None, base_sha=None, commit_sha=None,
+            files_changed=[], diff=None, diff_truncated=False, exit_code=None, usage={},
+            cost_usd=None,
+        )
+        return cls(run=view, command=msgspec.json.encode(command), correlation_id=correlation_id)
+
 
 class OutboxItem(msgspec.Struct, frozen=True, kw_only=True):
     run_id: str
@@ -45,6 +58,7 @@ class OutboxItem(msgspec.Struct, frozen=True, kw_only=True):
     correlation_id: str | None
     dispatch_after: float
     dispatch_count: int
+    dispatched: bool  # published at least once (the scheduler may have it)
 
 
 class _Undo(Exception):
@@ -192,7 +206,8 @@ class GatewayStore:
     async def outbox_due(self, now: float, limit: int = 200) -> list[OutboxItem]:
         """Runs the scheduler has not answered (version 0) whose next publish is due."""
         rows = await self.db.fetchall(
-            "SELECT id, command, correlation_id, dispatch_after, dispatch_count FROM runs"
+            "SELECT id, command, correlation_id, dispatch_after, dispatch_count, dispatched_at"
+            " FROM runs"
             " WHERE version = 0 AND state = 'queued' AND command IS NOT NULL"
             " AND dispatch_after <= ? ORDER BY dispatch_after LIMIT ?",
             (now, limit),
@@ -201,6 +216,7 @@ class GatewayStore:
             OutboxItem(
                 run_id=r["id"], command=bytes(r["command"]), correlation_id=r["correlation_id"],
                 dispatch_after=float(r["dispatch_after"]), dispatch_count=int(r["dispatch_count"]),
+                dispatched=r["dispatched_at"] is not None,
             )
             for r in rows
         ]

@@ -3,7 +3,7 @@ then live frames from the replica's shared feed, with no gap or duplicate at the
 
 The seam: a client attaches to the feed only when the feed's position is at or below the
 client's last id, checked and acted on in one event-loop step; until then it reads the
-stream itself, up to the newest message, and checks again (the feed moves meanwhile).
+stream itself with its own (ephemeral) reader, checking after every message.
 """
 
 from __future__ import annotations
@@ -13,35 +13,46 @@ from contextlib import aclosing
 
 import msgspec
 
-from services.log_relay.hub import Hub, HubClosed, Session
-from services.log_relay.reader import last_seq, read_range
+from services.log_relay.hub import Hub, HubClosed, Mailbox, Session
 from services.log_relay.store import ArchiveStore
 from services.log_relay.topics import KEEPALIVE, Topic, chunk_frame, event
+
+# A catch-up reader hears nothing for this long only if what it was sent to read is gone.
+_IDLE_SECONDS = 3.0
 
 
 async def follow(
     hub: Hub, topic: Topic, session: Session, after: int, keepalive: float
 ) -> AsyncGenerator[bytes, None]:
     """SSE bytes of `topic` after stream sequence `after`, until its end frame."""
+    box: Mailbox | None = None
     try:
         async with hub.feed(topic) as feed:
-            last = after
-            while feed.pos > last:
-                before = last
-                target = await last_seq(hub.bus, topic.stream, topic.subject)
-                async with aclosing(read_range(hub.bus, topic.subject, last, target)) as past:
-                    async for seq, data in past:
-                        last = seq
-                        frame = feed.render(seq, data)
-                        if frame is None:
-                            continue
-                        yield frame.payload
-                        if frame.end:
-                            return
-                if last == before:
-                    break  # what lay between was purged while we looked: nothing to send
-            box = feed.attach(session, last)
             try:
+                last = after
+                while box is None:
+                    if feed.pos <= last:
+                        box = feed.attach(session, last)
+                        break
+                    before = last
+                    # One live reader, not rounds bounded by "the newest now": on a busy
+                    # run each round would end behind the feed again, and never attach.
+                    replay = hub.bus.replay(topic.subject, last + 1, idle_timeout=_IDLE_SECONDS)
+                    async with aclosing(replay) as past:
+                        async for seq, _, data in past:
+                            last = seq
+                            frame = feed.render(seq, data)
+                            if frame is not None:
+                                yield frame.payload
+                                if frame.end:
+                                    return
+                            if feed.pos <= last:  # attach before any await: no gap
+                                box = feed.attach(session, last)
+                                break
+                    if box is None and last == before:
+                        # Nothing to read though the feed is ahead: what lay between was
+                        # purged while we looked. Attach; there is nothing else to send.
+                        box = feed.attach(session, last)
                 while True:
                     live = await box.next(keepalive)
                     if live is None:
@@ -51,7 +62,8 @@ async def follow(
                     if live.end:
                         return
             finally:
-                feed.detach(box)
+                if box is not None:
+                    feed.detach(box)
     except HubClosed:
         return
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from services.core.config import CommonSettings
 
 
 class SchedulerSettings(CommonSettings, frozen=True, kw_only=True):
     metrics_port: int = 0  # 0: no HTTP endpoint when run alone
     max_attempts: int = 3
-    retry_backoff_seconds: list[float] = [2.0, 10.0, 30.0]
+    retry_backoff_seconds: list[float] = msgspec.field(default_factory=lambda: [2.0, 10.0, 30.0])
     tick_seconds: float = 0.5
     reconcile_seconds: float = 5.0
     stall_seconds: float = 30.0

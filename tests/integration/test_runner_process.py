@@ -299,15 +299,13 @@ DOUBLE_FORK = """
 import os, sys, time
 r, w = os.pipe()
 if os.fork() == 0:
-    grandchild = os.fork()
-    if grandchild == 0:
+    if os.fork() == 0:
         os.setsid()
+        os.write(w, str(os.getpid()).encode())
         null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
+        for fd in (0, 1, 2, w):
             os.dup2(null, fd)
         {grandchild}
-        os._exit(0)
-    os.write(w, str(grandchild).encode())
     os._exit(0)
 os.close(w)
 print(os.read(r, 32).decode(), flush=True)
