@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
+import errno
 import functools
+import json
 import os
 import re
 import resource
+import shutil
 import signal
+import sys
 import time
 import uuid
 from collections import defaultdict
@@ -238,25 +241,11 @@ def _wait_gone_sync(leader: tuple[int, int], marker: str) -> bool:
 # ----------------------------------------------------------------------- child setup
 
 
-def _load_prctl() -> Callable[..., int] | None:
-    try:
-        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
-        return prctl
-    except (OSError, AttributeError):
-        return None
+_LAUNCHER = str(Path(__file__).with_name("launch.py"))
 
 
-# resolved in the parent: loading a library in a forked child of a threaded process can hang
-_PRCTL = _load_prctl()
-
-
-def _prctl(option: int, value: int) -> None:
-    if _PRCTL is not None:
-        ul = ctypes.c_ulong
-        _PRCTL(ctypes.c_int(option), ul(value), ul(0), ul(0), ul(0))
-
-
-def _rlimits(limits: Limits) -> list[tuple[int, int]]:
+def _rlimits(limits: Limits) -> list[tuple[int, int, int]]:
+    """(resource, soft, hard) for the launcher to apply in the agent's process."""
     pairs = [
         (resource.RLIMIT_CORE, 0),  # no core dumps of a hostile agent into its workspace
         (resource.RLIMIT_DATA, limits.memory_bytes),
@@ -264,28 +253,18 @@ def _rlimits(limits: Limits) -> list[tuple[int, int]]:
         (resource.RLIMIT_FSIZE, limits.file_size_bytes),
         (resource.RLIMIT_NOFILE, limits.open_files),
     ]
-    return [(res, value) for res, value in pairs if value is not None]
+    found = [(res, value, value) for res, value in pairs if value is not None]
+    if limits.cpu_seconds is not None:  # SIGXCPU at the soft limit, SIGKILL 2 s later
+        found.append((resource.RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds + 2))
+    return found
 
 
-def _child_setup(limits: Limits, parent_pid: int) -> Callable[[], None]:
-    """preexec_fn: runs in the child between fork and exec."""
-    rlimits = _rlimits(limits)
-
-    def setup() -> None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent_pid:  # the runner died before prctl took effect
-            os._exit(127)
-        _prctl(_PR_SET_CHILD_SUBREAPER, 1)
-        for res, value in rlimits:
-            _, hard = resource.getrlimit(res)
-            if hard != resource.RLIM_INFINITY:
-                value = min(value, hard)  # only root may raise a hard limit
-            resource.setrlimit(res, (value, value))
-        if limits.cpu_seconds is not None:  # SIGXCPU at the soft limit, SIGKILL 2 s later
-            cpu = limits.cpu_seconds
-            resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 2))
-
-    return setup
+def _launch_argv(argv: list[str], env: dict[str, str], limits: Limits) -> list[str]:
+    """Wrap `argv` in the launcher; a missing program fails here, as a spawn would."""
+    if shutil.which(argv[0], path=env.get("PATH")) is None:
+        raise FileNotFoundError(errno.ENOENT, "no such program", argv[0])
+    return [sys.executable, "-I", "-S", _LAUNCHER, str(os.getpid()),
+            json.dumps(_rlimits(limits)), "--", *argv]
 
 
 # -------------------------------------------------------------------------- pidfiles
@@ -455,14 +434,13 @@ class _AgentRun:
                 transports.append(transport)
                 streams.append((name, reader))
             proc = await asyncio.create_subprocess_exec(
-                *self._argv,
+                *_launch_argv(self._argv, self._env, self._limits),
                 cwd=self._cwd,
                 env=self._env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=write_fds[0],
                 stderr=write_fds[1],
                 start_new_session=True,
-                preexec_fn=_child_setup(self._limits, os.getpid()),
             )
         except BaseException:
             for transport in transports:

@@ -230,6 +230,8 @@ class Api:
             raise HTTPError(409, "run_finished", f"the run already ended ({run.state})")
         cancel = CancelRun(run_id=run.id, requested_at=self._clock(),
                            reason=body.reason or "canceled by user")
+        if not self._bus.connected:  # a publish would wait out its timeout in nats' buffer
+            raise unavailable(BusError("not connected to NATS"))
         try:
             await self._bus.publish(cancel)
         except BusError as exc:

@@ -16,6 +16,7 @@ from services.core.errors import BusError
 from services.core.telemetry import get_logger
 
 Announcement = dict[str, Any]
+EMPTY_READS = 3
 
 
 class ExecutorRegistry:
@@ -44,12 +45,13 @@ class ExecutorRegistry:
             return self._cached
 
     async def _read(self) -> dict[str, Announcement]:
-        try:
-            items = await self._bus.kv_items(self._bucket)
-        except BusError:
-            raise
-        except Exception as exc:  # the bus leaves KV errors unmapped: any is "NATS unavailable"
-            raise BusError(f"cannot read the {self._bucket} bucket: {exc}") from exc
+        items: dict[str, bytes] = {}
+        # nats-py's key listing can race its own watcher and report an empty bucket that
+        # is not (seen under load): an empty answer is only believed when it repeats.
+        for _ in range(EMPTY_READS):
+            items = await self._read_items()
+            if items:
+                break
         found: dict[str, Announcement] = {}
         for key, value in items.items():
             try:
@@ -63,3 +65,11 @@ class ExecutorRegistry:
             name = name if isinstance(name, str) and name else key
             found[name] = {**announcement, "name": name}
         return found
+
+    async def _read_items(self) -> dict[str, bytes]:
+        try:
+            return await self._bus.kv_items(self._bucket)
+        except BusError:
+            raise
+        except Exception as exc:  # the bus leaves KV errors unmapped: any is "NATS unavailable"
+            raise BusError(f"cannot read the {self._bucket} bucket: {exc}") from exc

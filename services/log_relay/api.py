@@ -22,7 +22,7 @@ from services.log_relay.follow import follow, run_log
 from services.log_relay.history import history
 from services.log_relay.hub import Hub, Session
 from services.log_relay.settings import LogRelaySettings
-from services.log_relay.sse import EventStreamResponse
+from services.log_relay.sse import EventStreamResponse, Frames
 from services.log_relay.store import ArchiveStore
 from services.log_relay.topics import run_logs, task_runs, valid_id
 
@@ -54,7 +54,7 @@ class RelayApi:
             return run_log(self._hub, self._archive, topic, run_id, session, after,
                            self._settings.keepalive_seconds)
 
-        return EventStreamResponse(partial(self._hub.session, RUN_STREAM), frames)
+        return self._sse(RUN_STREAM, frames)
 
     async def task_stream(self, request: Request) -> Response:
         task_id = _path_id(request, "task_id")
@@ -64,7 +64,11 @@ class RelayApi:
         def frames(session: Session) -> AsyncGenerator[bytes, None]:
             return follow(self._hub, topic, session, after, self._settings.keepalive_seconds)
 
-        return EventStreamResponse(partial(self._hub.session, TASK_STREAM), frames)
+        return self._sse(TASK_STREAM, frames)
+
+    def _sse(self, route: str, frames: Frames) -> Response:
+        return EventStreamResponse(partial(self._hub.session, route), frames,
+                                   write_timeout=self._settings.client_write_timeout_seconds)
 
     async def run_history(self, request: Request) -> Response:
         run_id = _path_id(request, "run_id")

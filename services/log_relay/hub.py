@@ -35,21 +35,25 @@ class HubStats(msgspec.Struct, kw_only=True):
     attached: int = 0  # sessions reading live frames from a feed's mailbox
     queue_bound: int = 0
     peak_queue: int = 0  # the deepest any mailbox has ever been
-    dropped_total: int = 0  # sessions stopped because their mailbox was full
+    dropped_total: int = 0  # sessions stopped as too slow (mailbox full, or a write stuck)
 
 
 class Session:
     """One SSE connection; `stop()` ends its response, whatever it is waiting on."""
 
-    def __init__(self, route: str) -> None:
+    def __init__(self, route: str, stats: HubStats | None = None) -> None:
         self.route = route
         self.stopped = asyncio.Event()
         self.reason = ""
+        self._stats = stats
 
     def stop(self, reason: str) -> None:
+        """`reason` "slow" (dropped: it may resume), "shutdown", "disconnected", "error"."""
         if not self.stopped.is_set():
             self.reason = reason
             self.stopped.set()
+            if reason == "slow" and self._stats is not None:
+                self._stats.dropped_total += 1
 
 
 class Mailbox:
@@ -68,7 +72,6 @@ class Mailbox:
         if frame.seq <= self.last:
             return True
         if len(self._frames) >= self._bound:
-            self._stats.dropped_total += 1
             self.session.stop("slow")
             return False
         self.put(frame)
@@ -203,7 +206,7 @@ class Hub:
 
     @contextlib.contextmanager
     def session(self, route: str) -> Iterator[Session]:
-        session = Session(route)
+        session = Session(route, self._stats)
         if self.closing:
             session.stop("shutdown")
         self._sessions.add(session)

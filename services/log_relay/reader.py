@@ -1,6 +1,6 @@
-"""Bounded reads of one filtered stream: "everything after seq A up to the newest message
-there is now". `Bus.replay` alone follows forever; catch-up, history pages and the
-archiver need an end, which is the subject's last sequence looked up first."""
+"""Bounded reads of one filtered stream: "the messages after seq A up to seq B". `Bus.replay`
+alone follows forever; history pages and the archiver need an end (B: the subject's last
+message, looked up first, or the run's final chunk)."""
 
 from __future__ import annotations
 
@@ -29,9 +29,3 @@ async def read_range(
             # pending == 0: nothing newer exists, even if `until` itself was purged.
             if seq >= until or pending == 0:
                 return
-
-
-async def last_seq(bus: Bus, stream: str, subject: str) -> int:
-    """The stream sequence of the newest message on `subject`, 0 when there is none."""
-    found = await bus.last_message(stream, subject)
-    return found[0] if found is not None else 0

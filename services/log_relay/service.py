@@ -1,5 +1,6 @@
 """Wire log-relay: the hub (a task owning the shared feeds), the archive consumer, the
-routes. `health()` reports the hub's counters (clients, feeds, drops, deepest queue)."""
+routes. `health()` names the replica and reports the hub's counters (clients, feeds,
+drops, deepest queue)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ async def build(settings: LogRelaySettings, deps: Deps) -> Service:
         consumers.append(archiver.registration())
 
     async def health() -> dict[str, Any]:
-        return {"ok": deps.bus.connected, "hub": msgspec.to_builtins(hub.stats())}
+        return {"ok": deps.bus.connected, "instance": deps.instance_id,
+                "hub": msgspec.to_builtins(hub.stats())}
 
     return Service(
         name=NAME,

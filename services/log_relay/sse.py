@@ -1,5 +1,6 @@
 """The SSE response: streams frames until they end, the client goes away, or its session is
-stopped (too slow, or the relay shutting down), whichever comes first.
+stopped (too slow, or the relay shutting down), whichever comes first. A write blocked
+longer than `write_timeout` stops the session as too slow.
 
 A stopped session must end even while a write is blocked on a client that does not
 read, so the writer is cancelled rather than asked to stop; the closing write then gets
@@ -37,11 +38,12 @@ class EventStreamResponse(StreamingResponse):
 
     def __init__(
         self, open_session: Callable[[], AbstractContextManager[Session]], frames: Frames,
-        *, finish_timeout: float = 1.0,
+        *, write_timeout: float = 30.0, finish_timeout: float = 1.0,
     ) -> None:
         super().__init__(_nothing(), media_type="text/event-stream", headers=_HEADERS)
         self._open_session = open_session
         self._make_frames = frames
+        self._write_timeout = write_timeout
         self._finish_timeout = finish_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -67,7 +69,15 @@ class EventStreamResponse(StreamingResponse):
         try:
             async with aclosing(self._make_frames(session)) as frames:
                 async for frame in frames:
-                    await send({"type": "http.response.body", "body": frame, "more_body": True})
+                    try:
+                        async with asyncio.timeout(self._write_timeout):
+                            await send({"type": "http.response.body", "body": frame,
+                                        "more_body": True})
+                    except TimeoutError:
+                        # Not reading at all (the mailbox bound only covers live frames;
+                        # this also catches a client stalled while it catches up).
+                        session.stop("slow")
+                        return
         except Exception:  # noqa: BLE001  top of a unit of work: end the stream, client resumes
             _log.exception("sse_stream_failed", route=session.route)
             session.stop("error")

@@ -110,8 +110,7 @@ async def test_a_follow_up_continues_each_executors_latest_run(
 ) -> None:
     first = (await start_runs(gw, task_id, "claude"))["runs"][0]
     result = RunResult(session_id="sess-1", summary="done")
-    await gw.bus.publish(run_event(first["id"], task_id, "succeeded", 4, result=result))
-    await gw.events_applied()
+    await gw.deliver(run_event(first["id"], task_id, "succeeded", 4, result=result))
 
     await start_runs(gw, task_id, "claude", "codex")
 
@@ -260,15 +259,15 @@ async def test_the_read_model_keeps_the_newest_version(gw: Gateway, task_id: str
     run = (await start_runs(gw, task_id, "claude"))["runs"][0]
     files = [FileChange(path="a.py", added=3, removed=1)]
     done = RunResult(summary="fixed", commit_sha="c0ffee", files_changed=files, diff="+x\n")
-    for state, version in (("running", 3), ("queued", 1), ("preparing", 2), ("running", 3)):
-        await gw.bus.publish(run_event(run["id"], task_id, state, version))  # type: ignore[arg-type]
-    await gw.events_applied()
+    await gw.deliver(
+        run_event(run["id"], task_id, "running", 3), run_event(run["id"], task_id, "queued", 1),
+        run_event(run["id"], task_id, "preparing", 2), run_event(run["id"], task_id, "running", 3),
+    )
     seen = (await gw.client.get(f"/v1/runs/{run['id']}")).json()
     assert (seen["state"], seen["version"]) == ("running", 3)
 
-    await gw.bus.publish(run_event(run["id"], task_id, "succeeded", 4, result=done))
-    await gw.bus.publish(run_event(run["id"], task_id, "committing", 3))
-    await gw.events_applied()
+    await gw.deliver(run_event(run["id"], task_id, "succeeded", 4, result=done),
+                     run_event(run["id"], task_id, "committing", 3))
     final = (await gw.client.get(f"/v1/runs/{run['id']}")).json()
     assert (final["state"], final["version"], final["summary"]) == ("succeeded", 4, "fixed")
     assert final["files_changed"] == [{"path": "a.py", "added": 3, "removed": 1, "status": "M"}]
@@ -280,8 +279,7 @@ async def test_the_read_model_keeps_the_newest_version(gw: Gateway, task_id: str
 
 
 async def test_an_event_for_an_unknown_run_is_kept(gw: Gateway) -> None:
-    await gw.bus.publish(run_event("run_elsewhere", "task_x", "running", 2, executor="codex"))
-    await gw.events_applied()
+    await gw.deliver(run_event("run_elsewhere", "task_x", "running", 2, executor="codex"))
     run = (await gw.client.get("/v1/runs/run_elsewhere")).json()
     assert (run["state"], run["executor"], run["task_id"]) == ("running", "codex", "task_x")
 
@@ -298,8 +296,7 @@ async def test_cancel_publishes_cancel_run_and_a_finished_run_is_a_conflict(
     assert cancel.run_id == run["id"]
     assert delivery.headers["Nats-Msg-Id"] == f"run:{run['id']}:cancel"
 
-    await gw.bus.publish(run_event(run["id"], task_id, "canceled", 2))
-    await gw.events_applied()
+    await gw.deliver(run_event(run["id"], task_id, "canceled", 2))
     before = await gw.snapshot()
     again = await gw.client.post(f"/v1/runs/{run['id']}/cancel")
     assert again.status_code == 409
@@ -352,8 +349,7 @@ async def test_a_start_run_taken_without_an_answer_is_published_again_until_answ
     now[0] += timedelta(seconds=16)
     assert await outbox.sweep() == 0  # backs off: the next time is 30 s later
 
-    await gw.bus.publish(run_event(run["id"], task_id, "queued", 1))
-    await gw.events_applied()
+    await gw.deliver(run_event(run["id"], task_id, "queued", 1))
     now[0] += timedelta(days=1)
     assert await outbox.sweep() == 0  # the scheduler has answered: never again
 

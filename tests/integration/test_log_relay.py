@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -61,7 +62,9 @@ def _free_port() -> int:
 @asynccontextmanager
 async def relay(nats: NatsServer, data_dir: Path, **overrides: Any) -> AsyncIterator[Relay]:
     """One log-relay replica (its own HTTP server), stopped gracefully on exit."""
-    settings = LogRelaySettings(nats_url=nats.url, data_dir=data_dir, **overrides)
+    instance = f"relay-{uuid.uuid4().hex[:8]}"
+    settings = LogRelaySettings(nats_url=nats.url, data_dir=data_dir, instance_id=instance,
+                                **overrides)
     port = _free_port()
     stopping = asyncio.Event()
     started: list[Service] = []
@@ -79,10 +82,15 @@ async def relay(nats: NatsServer, data_dir: Path, **overrides: Any) -> AsyncIter
             async def up() -> bool:
                 if task.done():
                     task.result()  # surface a start-up failure
+                if not started:  # `ready` has not run yet
+                    return False
                 try:
-                    return (await probe.get(f"{url}/healthz")).status_code == 200
+                    response = await probe.get(f"{url}/healthz")
                 except httpx.TransportError:
                     return False
+                # Ours, not whatever else grabbed the port first (tests run in parallel).
+                answered = response.json().get("services", {}).get("log-relay", {})
+                return bool(answered.get("instance") == instance)
 
             await wait_for(up, timeout=10, interval=0.05)
         yield Relay(url, port, started, stopping)
@@ -289,6 +297,29 @@ async def test_clients_joining_a_busy_run_see_no_gap_or_duplicate(
     for (after, _), read in zip(readers, reads, strict=True):
         assert read.ended == "end"
         assert _log_ids(read) == [s for s in runner.seqs if s > after]
+
+
+async def test_a_client_stalled_while_catching_up_is_dropped(
+    nats_server: NatsServer, bus: Bus, tmp_path: Path
+) -> None:
+    """A client that stops reading during its catch-up (not yet behind a mailbox) is
+    dropped once a write stays blocked for the write timeout."""
+    runner = Runner(bus)
+    for _ in range(100):
+        await runner.chunk("h" * 10_000)
+    async with relay(nats_server, tmp_path / "a", client_write_timeout_seconds=0.3) as r1:
+        stalled = StalledClient("127.0.0.1", r1.port, f"/v1/runs/{RUN}/logs/stream")
+        await stalled.open()
+        try:
+            await wait_for(lambda: _hub_says(r1, dropped_total=1), timeout=10)
+            await wait_for(lambda: _hub_says(r1, sessions=0, feeds=0), timeout=5)
+        finally:
+            stalled.close()
+
+
+async def _hub_says(relay: Relay, **expected: int) -> bool:
+    stats = await relay.hub()
+    return all(stats[key] == value for key, value in expected.items())
 
 
 async def test_many_clients_and_one_that_never_reads(

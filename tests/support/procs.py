@@ -1,8 +1,10 @@
-"""Find processes by a token in their command line (agents carry it in their argv)."""
+"""Find processes by a token in their command line (agents carry it in their argv; the
+token is made at run time, so no other process names it)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 
@@ -16,7 +18,7 @@ def pids_with(token: str) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if needle in cmdline and b"pytest" not in cmdline:
+        if needle in cmdline and int(entry.name) != os.getpid():
             found.append(int(entry.name))
     return found
 
