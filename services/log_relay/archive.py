@@ -26,9 +26,11 @@ from services.log_relay.store import ArchiveInfo, ArchiveStore, Segment, encode_
 from services.log_relay.topics import StoredChunk, decode_chunk, log_subject
 
 SEGMENT_RAW_BYTES = 256 << 10
+# max_deliver=-1: a failed archive is retried (backoff up to 60 s) until it succeeds. Never
+# dead-lettered: zloth.dlq.> is read as "a run's command died", and a log chunk is not one.
 CONSUMER = ConsumerSpec(
     stream=LOGS.name, durable="log-relay-archive", filter_subject="zloth.logs.>",
-    ack_wait_seconds=60.0, max_deliver=5, max_ack_pending=256,
+    ack_wait_seconds=60.0, max_deliver=-1, max_ack_pending=256,
 )
 
 

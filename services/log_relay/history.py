@@ -47,9 +47,10 @@ async def history(
     whole = info is not None and not info.truncated
     newest = None if whole else await bus.last_message(LOGS.name, log_subject(run_id))
     if info is not None and newest is None:
-        async for chunk in archive.chunks(run_id, after):
-            if not page.add(chunk):
-                break
+        async with aclosing(archive.chunks(run_id, after)) as archived:
+            async for chunk in archived:
+                if not page.add(chunk):
+                    break
         next_after = page.chunks[-1].id if page.chunks else after
         return HistoryPage(run_id=run_id, chunks=page.chunks, next_after=next_after,
                            complete=next_after >= info.last_seq, source="archive",

@@ -5,6 +5,10 @@ The feed never waits for a client: a frame that does not fit in a client's mailb
 that client's session (its response ends; it resumes with Last-Event-ID), so memory is
 bounded by clients × `client_queue_chunks` references to frames rendered once per message.
 A feed lives while it has clients and ends with its topic (a run's final chunk).
+
+A client still catching up reads through its own ephemeral reader instead (see follow.py),
+whose buffer JetStream flow control bounds (~2 MB); one that stops reading then is dropped
+by the response's write timeout.
 """
 
 from __future__ import annotations

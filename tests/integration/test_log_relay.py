@@ -182,6 +182,12 @@ async def test_history_then_live_then_end(
         assert end.id == str(end_seq)
         assert msgspec.json.decode(end.data) == {"run_id": RUN, "state": "failed"}
 
+        # Last-Event-ID wins over ?after= (EventSource keeps the URL when it reconnects).
+        resumed = await read_sse(client, stream_url(r1), params={"after": str(runner.seqs[3])},
+                                 last_event_id=str(runner.seqs[20]))
+        assert _log_ids(resumed) == runner.seqs[21:]
+        by_query = await read_sse(client, stream_url(r1), params={"after": str(runner.seqs[3])})
+        assert _log_ids(by_query) == runner.seqs[4:]
         again = await read_sse(client, stream_url(r1), last_event_id=str(end_seq))
         assert again.ended == "end"
         assert again.of("log") == []
@@ -193,13 +199,12 @@ async def test_waits_for_the_first_chunk_with_keepalives(
     """No chunk yet: the stream stays open (keepalive comments) until chunks come."""
     runner = Runner(bus, "run_not_started_yet")
     async with relay(nats_server, tmp_path / "a", keepalive_seconds=0.1) as r1, client:
-        reader = asyncio.create_task(read_sse(client, stream_url(r1, runner.run_id)))
-        await wait_for(lambda: _attached(r1, 1), timeout=5)
-        await asyncio.sleep(0.35)
+        seen = SseRead()
+        reader = asyncio.create_task(read_sse(client, stream_url(r1, runner.run_id), into=seen))
+        await wait_for(lambda: seen.comments.count("keepalive") >= 2, timeout=5)
         await runner.chunks(3)
         await runner.end()
         read = await asyncio.wait_for(reader, 10)
-    assert read.comments.count("keepalive") >= 2
     assert _log_ids(read) == runner.seqs
     assert read.ended == "end"
 

@@ -82,7 +82,7 @@ def test_ids_that_would_change_the_subject_are_refused(value: str) -> None:
 
 async def test_mailbox_skips_seen_ids_and_stops_a_client_past_its_bound() -> None:
     stats = HubStats(queue_bound=2)
-    session = Session("test")
+    session = Session("test", stats)
     box = Mailbox(session, last=10, bound=2, stats=stats)
     assert box.offer(Frame(10, b"old"))
     assert box.offer(Frame(11, b"a"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -79,13 +79,18 @@ class SqliteStore:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Queries]:
         async with self._lock:
-            await self._raw_writer.execute("BEGIN IMMEDIATE")
+            # aiosqlite runs each statement in its thread even when the awaiting task is
+            # cancelled: a transaction whose owner was cancelled may still be open here.
+            if self._raw_writer.in_transaction:
+                await _shielded(self._raw_writer.rollback())
             try:
+                await _shielded(self._raw_writer.execute("BEGIN IMMEDIATE"))
                 yield self._writer
             except BaseException:
-                await self._raw_writer.rollback()
+                if self._raw_writer.in_transaction:
+                    await _shielded(self._raw_writer.rollback())
                 raise
-            await self._raw_writer.commit()
+            await _shielded(self._raw_writer.commit())
 
     async def executescript(self, script: str) -> None:
         async with self._lock:
@@ -94,6 +99,17 @@ class SqliteStore:
     async def close(self) -> None:
         await self._raw_reader.close()
         await self._raw_writer.close()
+
+
+async def _shielded(step: Awaitable[object]) -> None:
+    """Finish a transaction step even if our task is cancelled meanwhile, so the
+    connection's state is known when the lock is released."""
+    task = asyncio.ensure_future(step)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
 
 
 async def _connect(path: Path) -> aiosqlite.Connection:
