@@ -105,3 +105,11 @@ def exec_consumer(executor: str, concurrency: int, ack_wait_seconds: float = 30.
         max_deliver=4,
         max_ack_pending=concurrency,
     )
+
+# LLM client (services/core/llm): outputs keyed by prompt hash, each value carries its own
+# TTL (per-key `Nats-TTL`); the bucket's max age only caps a TTL configured longer.
+LLM_CACHE_BUCKET = BucketSpec(name="zloth_llm_cache", ttl_seconds=7 * DAY)
+# One key per provider; shared by every replica, updated by compare-and-set.
+LLM_BREAKER_BUCKET = BucketSpec(name="zloth_llm_breaker", ttl_seconds=DAY)
+# Encrypted secrets (API keys); no TTL, history 1 (rotation rewrites every value).
+SECRETS_BUCKET = BucketSpec(name="zloth_secrets")

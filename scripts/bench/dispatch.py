@@ -129,6 +129,10 @@ async def main(runs: int, rate: float, raw_samples: int) -> dict[str, Any]:
          - datetime.fromisoformat(r["accepted_at"])).total_seconds()
         for r in final if r["agent_started_at"]
     ]
+    def span(start: str, end: str) -> list[float]:
+        return [(datetime.fromisoformat(r[end]) - datetime.fromisoformat(r[start]))
+                .total_seconds() for r in final if r[start] and r[end]]
+
     states: dict[str, int] = {}
     for run in final:
         states[run["state"]] = states.get(run["state"], 0) + 1
@@ -141,6 +145,8 @@ async def main(runs: int, rate: float, raw_samples: int) -> dict[str, Any]:
         "states": states,
         "wall_seconds": round(elapsed, 2),
         "a_accept_to_agent_start": a,
+        "a1_accept_to_scheduler": percentiles(span("accepted_at", "queued_at")),
+        "a2_scheduler_to_agent_start": percentiles(span("queued_at", "agent_started_at")),
         "b_raw_jetstream_publish_to_fetch": b,
         "ratio_a_over_b": {k: round(a[k] / b[k], 1) for k in ("p50_ms", "p95_ms", "p99_ms")},
         "first_generation_poll_wait_ms": 1000,

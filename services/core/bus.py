@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import math
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg as NatsMsg
 from nats.js import api
 from nats.js.client import JetStreamContext
+from nats.js.kv import KeyValue
 
 from schemas.base import Message
 from schemas.streams import BucketSpec, ConsumerSpec, StreamSpec
@@ -70,6 +72,13 @@ class Delivery(msgspec.Struct, kw_only=True):
         return await self.leases.owns(self.consumer, self.stream_seq, self.num_delivered)
 
 
+class KvEntry(msgspec.Struct, frozen=True):
+    """A KV value with its revision, for compare-and-set updates."""
+
+    value: bytes
+    revision: int
+
+
 Handler = Callable[[M, Delivery], Awaitable[None]]
 
 
@@ -105,6 +114,8 @@ class Bus:
         self._js: JetStreamContext = nc.jetstream(timeout=10)
         self.name = name
         self._log = get_logger(component="bus", service=name)
+        # KV handles by bucket: `key_value()` costs a stream-info round trip per call.
+        self._kv_handles: dict[str, KeyValue] = {}
 
     @classmethod
     async def connect(cls, url: str, name: str, *, connect_timeout: float = 5.0) -> Bus:
@@ -260,10 +271,11 @@ class Bus:
     # -- key/value ----------------------------------------------------------------------
 
     async def kv_get(self, bucket: str, key: str) -> bytes | None:
+        """The value of `key`, or None when it is missing, deleted or expired."""
         kv = await self._js.key_value(bucket)
         try:
             entry = await kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
             return None
         return entry.value
 
@@ -272,13 +284,13 @@ class Bus:
         return int(await kv.put(key, value))
 
     async def kv_items(self, bucket: str) -> dict[str, bytes]:
-        kv = await self._js.key_value(bucket)
-        try:
-            keys = await kv.keys()
-        except nats.js.errors.NoKeysError:
-            return {}
+        """Every live key of `bucket`. Keys come from the bucket stream's subject index
+        (nats-py's `kv.keys()` can come back empty under load)."""
+        prefix = f"$KV.{bucket}."
+        info = await self._js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
         items: dict[str, bytes] = {}
-        for key in keys:
+        for subject in info.state.subjects or {}:
+            key = subject[len(prefix):]
             value = await self.kv_get(bucket, key)
             if value is not None:
                 items[key] = value
@@ -570,3 +582,7 @@ class ConsumerLoop(Generic[M]):
                     work.cancel()
                     return
 
+
+def _ttl_seconds(ttl: float | None) -> float | None:
+    # The Nats-TTL header takes whole seconds; never round a short TTL down to "forever".
+    return None if not ttl else float(max(1, math.ceil(ttl)))

@@ -105,3 +105,27 @@ llm_latency = Histogram(
 llm_tokens_total = Counter(
     "zloth_llm_tokens_total", "LLM tokens", ["provider", "direction"], registry=REGISTRY
 )
+llm_calls_total = Counter(
+    "zloth_llm_calls_total",
+    "LLM client calls by outcome (ok, cached, unavailable, failed, rejected, deadline)",
+    ["provider", "outcome"],
+    registry=REGISTRY,
+)
+llm_retries_total = Counter(
+    "zloth_llm_retries_total", "LLM request retries by reason", ["provider", "reason"],
+    registry=REGISTRY,
+)
+llm_cache_hits_total = Counter(
+    "zloth_llm_cache_hits_total", "LLM output cache hits", ["provider"], registry=REGISTRY
+)
+llm_cache_misses_total = Counter(
+    "zloth_llm_cache_misses_total", "LLM output cache misses", ["provider"], registry=REGISTRY
+)
+llm_breaker_state = Gauge(
+    "zloth_llm_breaker_state", "Circuit breaker state seen here: 0 closed, 1 half-open, 2 open",
+    ["provider"], registry=REGISTRY,
+)
+llm_ratelimit_wait = Histogram(
+    "zloth_llm_ratelimit_wait_seconds", "Time a request waited for the client's rate limiter",
+    ["provider"], buckets=_DISPATCH_BUCKETS + (60.0, 120.0), registry=REGISTRY,
+)

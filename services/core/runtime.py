@@ -23,7 +23,7 @@ from services.core.bus import Bus, Consume
 from services.core.config import CommonSettings
 from services.core.http import RequestContextMiddleware, ops_routes
 from services.core.leases import Leases
-from services.core.store import Store, open_store
+from services.core.store import Store, open_lease_store, open_store
 from services.core.telemetry import get_logger
 
 Task = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
@@ -109,7 +109,11 @@ async def run_services(
     bus = await Bus.connect(nats_url, name="+".join(u.name for u in units))
     services, stores = await start_units(settings, units, bus)
     holder = instance_id(settings)
-    leases = {s.name: Leases(st, holder) for s, st in zip(services, stores, strict=True)}
+    leases: dict[str, Leases] = {}
+    for service in services:
+        lease_store = await open_lease_store(settings, service.name)
+        stores.append(lease_store)
+        leases[service.name] = Leases(lease_store, holder)
     server = _http_server(services, http_host, http_port) if http_port is not None else None
     log.info("services_started", services=[s.name for s in services], http_port=http_port)
     try:
@@ -154,7 +158,7 @@ async def sleep_or_stop(stopping: asyncio.Event, seconds: float) -> None:
 async def _until_listening(server: uvicorn.Server) -> None:
     # uvicorn offers no event for "bound and serving"; its flag flips once, early.
     async with asyncio.timeout(30):
-        while not (server.started or server.should_exit):
+        while not (server.started or server.should_exit):  # noqa: ASYNC110  a flag, no event
             await asyncio.sleep(0.01)
 
 

@@ -67,10 +67,18 @@ class Scheduler:
         if created:
             await self.emit(run)
             self.log.info("run_queued", run_id=run.id, executor=run.executor)
+        canceled = await self.runs.pending_cancel(run.id)
+        if canceled is not None:
+            await self.apply(run.id, lambda r: machine.cancel(r, canceled, now), always_emit=True)
+            return
         await self.apply(run.id, lambda r: machine.prepare(r, now), always_emit=True)
 
     async def on_cancel_run(self, cmd: CancelRun, delivery: Delivery) -> None:
         now = self.clock()
+        if await self.runs.get(cmd.run_id) is None:
+            # The StartRun has not arrived yet (an outbox can deliver it late).
+            await self.runs.remember_cancel(cmd.run_id, cmd.reason, now)
+            return
         run = await self.apply(cmd.run_id, lambda r: machine.cancel(r, cmd.reason, now))
         if run is None:
             return
@@ -112,7 +120,9 @@ class Scheduler:
                           attempt=event.attempt)
 
     async def on_dead_letter(self, dead: DeadLetteredCommand, delivery: Delivery) -> None:
-        if dead.run_id is None:
+        # Only run commands fail a run: other services dead-letter other things here.
+        original = delivery.headers.get("Zloth-Original-Subject", "")
+        if dead.run_id is None or not original.startswith(("zloth.cmd.ws.", "zloth.cmd.exec.")):
             return
         reason = delivery.headers.get("Zloth-Reason", "command dead-lettered")
         now = self.clock()

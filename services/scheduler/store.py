@@ -99,6 +99,19 @@ class RunStore:
         )
         return [msgspec.json.decode(row["doc"], type=RunRecord) for row in rows]
 
+    async def remember_cancel(self, run_id: str, reason: str, now: datetime) -> None:
+        await self._store.execute(
+            "INSERT INTO pending_cancels (run_id, reason, requested_at) VALUES (?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
+            (run_id, reason, now.timestamp()),
+        )
+
+    async def pending_cancel(self, run_id: str) -> str | None:
+        row = await self._store.fetchone(
+            "SELECT reason FROM pending_cancels WHERE run_id = ?", (run_id,)
+        )
+        return None if row is None else str(row["reason"])
+
     async def count_by_state(self) -> dict[str, int]:
         rows = await self._store.fetchall("SELECT state, COUNT(*) AS n FROM runs GROUP BY state")
         return {str(row["state"]): int(row["n"]) for row in rows}

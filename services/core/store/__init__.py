@@ -8,7 +8,7 @@ from services.core.store.base import Queries, Row, Store
 from services.core.store.migrate import migrate
 from services.core.store.sqlite import SqliteStore
 
-__all__ = ["Queries", "Row", "SqliteStore", "Store", "migrate", "open_store"]
+__all__ = ["Queries", "Row", "SqliteStore", "Store", "migrate", "open_lease_store", "open_store"]
 
 
 async def open_store(settings: CommonSettings, service: str, package: str) -> Store:
@@ -22,3 +22,9 @@ async def open_store(settings: CommonSettings, service: str, package: str) -> St
     await migrate(store, "core", "services.core.store")
     await migrate(store, service, package)
     return store
+
+
+async def open_lease_store(settings: CommonSettings, service: str) -> Store:
+    """The same database, opened for the bus's fencing leases: a lease only fences
+    processes that are alive, so it need not survive the machine (no fsync per claim)."""
+    return await SqliteStore.open(settings.sqlite_path(service), synchronous="NORMAL")

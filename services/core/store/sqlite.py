@@ -19,7 +19,6 @@ from services.core.store.base import Params, Queries, Row
 
 _PRAGMAS = (
     "PRAGMA journal_mode=WAL",
-    "PRAGMA synchronous=FULL",
     "PRAGMA foreign_keys=ON",
     "PRAGMA busy_timeout=10000",
 )
@@ -60,10 +59,12 @@ class SqliteStore:
         self._lock = asyncio.Lock()
 
     @classmethod
-    async def open(cls, path: Path) -> SqliteStore:
+    async def open(cls, path: Path, synchronous: str = "FULL") -> SqliteStore:
+        """`synchronous="NORMAL"` (WAL: durable when a process dies, not when the machine
+        does) is for state that dies with the machine anyway, such as fencing leases."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        writer = await _connect(path)
-        reader = await _connect(path)
+        writer = await _connect(path, synchronous)
+        reader = await _connect(path, synchronous)
         return cls(writer, reader)
 
     async def execute(self, sql: str, params: Params = ()) -> int:
@@ -112,9 +113,11 @@ async def _shielded(step: Awaitable[object]) -> None:
         raise
 
 
-async def _connect(path: Path) -> aiosqlite.Connection:
+async def _connect(path: Path, synchronous: str) -> aiosqlite.Connection:
+    if synchronous not in ("FULL", "NORMAL"):
+        raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
     conn = await aiosqlite.connect(path, isolation_level=None)
     conn.row_factory = sqlite3.Row
-    for pragma in _PRAGMAS:
+    for pragma in (*_PRAGMAS, f"PRAGMA synchronous={synchronous}"):
         await conn.execute(pragma)
     return conn
