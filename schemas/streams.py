@@ -91,6 +91,8 @@ HOOKS = StreamSpec(
 ALL_STREAMS: tuple[StreamSpec, ...] = (CMD, EVT, LOGS, DLQ, ADVISORIES)
 
 CANCEL_BUCKET = BucketSpec(name="zloth_cancel", ttl_seconds=DAY)
+# Each service instance reports its own health/status here; `GET /v1/status` reads it.
+STATUS_BUCKET = BucketSpec(name="zloth_status", ttl_seconds=60.0)
 # Each runner re-announces its executors every few seconds; a key outlives it by the TTL.
 EXECUTORS_BUCKET = BucketSpec(name="zloth_executors", ttl_seconds=45.0)
 

@@ -21,6 +21,7 @@ import msgspec
 import nats
 import nats.errors
 import nats.js.errors
+import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg as NatsMsg
 from nats.js import api
@@ -102,6 +103,7 @@ class Consume(Generic[M]):
         self.fenced = fenced
         # Off only to demonstrate what heartbeats prevent (the bus tests' control case).
         self.heartbeat = heartbeat
+        self.service = ""  # set by the runtime: the service this consumer belongs to
 
     @property
     def label(self) -> str:
@@ -296,6 +298,74 @@ class Bus:
                 items[key] = value
         return items
 
+    # -- key/value: revisions, compare-and-set, per-key TTL (the LLM client's) -----------
+
+    async def _kv(self, bucket: str) -> KeyValue:
+        handle = self._kv_handles.get(bucket)
+        if handle is None:
+            try:
+                handle = await self._js.key_value(bucket)
+            except (nats.errors.Error, TimeoutError) as exc:
+                raise BusError(f"KV bucket {bucket}: {exc}") from exc
+            self._kv_handles[bucket] = handle
+        return handle
+
+    async def kv_get_entry(self, bucket: str, key: str) -> KvEntry | None:
+        """The key's value and revision; None when it is absent, deleted or expired."""
+        kv = await self._kv(bucket)
+        try:
+            entry = await kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"KV get {bucket}/{key}: {exc}") from exc
+        return KvEntry(value=entry.value or b"", revision=int(entry.revision or 0))
+
+    async def kv_create(
+        self, bucket: str, key: str, value: bytes, *, ttl: float | None = None
+    ) -> int | None:
+        """Write `key` only if it does not exist (or was deleted); its revision, or None
+        when another writer got there first. `ttl` expires this one value (seconds, ≥ 1)."""
+        kv = await self._kv(bucket)
+        try:
+            return int(await kv.create(key, value, msg_ttl=_ttl_seconds(ttl)))
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return None
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"KV create {bucket}/{key}: {exc}") from exc
+
+    async def kv_update(self, bucket: str, key: str, value: bytes, revision: int) -> int | None:
+        """Compare-and-set: write only if `key` is still at `revision`; the new revision,
+        or None when another writer changed it in between (re-read and try again)."""
+        kv = await self._kv(bucket)
+        try:
+            return int(await kv.update(key, value, last=revision))
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return None
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"KV update {bucket}/{key}: {exc}") from exc
+
+    async def kv_put_ttl(self, bucket: str, key: str, value: bytes, ttl: float | None) -> int:
+        """Put that expires this one value after `ttl` seconds (rounded up to whole
+        seconds, the server's unit); None or 0: keep it for the bucket's own max age."""
+        kv = await self._kv(bucket)
+        subject = f"$KV.{bucket}.{key}"  # nats-py's KV put has no TTL: publish as it would
+        try:
+            if not ttl:
+                return int(await kv.put(key, value))
+            ack = await self._js.publish(subject, value, msg_ttl=_ttl_seconds(ttl))
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"KV put {bucket}/{key}: {exc}") from exc
+        return int(ack.seq)
+
+    async def kv_delete(self, bucket: str, key: str) -> None:
+        """Purge `key` and its history."""
+        kv = await self._kv(bucket)
+        try:
+            await kv.purge(key)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"KV purge {bucket}/{key}: {exc}") from exc
+
     # -- reading streams ----------------------------------------------------------------
 
     async def stream_last_seq(self, stream: str) -> int:
@@ -310,6 +380,18 @@ class Bus:
             "redelivered": int(info.num_redelivered or 0),
             "waiting": int(info.num_waiting or 0),
         }
+
+    async def consumers_state(self, stream: str) -> dict[str, dict[str, int]]:
+        """Every consumer of `stream` with its pending, ack-pending and redelivered counts."""
+        found: dict[str, dict[str, int]] = {}
+        for info in await self._js.consumers_info(stream):
+            found[str(info.name)] = {
+                "pending": int(info.num_pending or 0),
+                "ack_pending": int(info.num_ack_pending or 0),
+                "redelivered": int(info.num_redelivered or 0),
+                "waiting": int(info.num_waiting or 0),
+            }
+        return found
 
     async def stream_state(self, stream: str) -> dict[str, int]:
         info = await self._js.stream_info(stream)
@@ -405,6 +487,21 @@ class Bus:
         metrics.dead_letters_total.labels(durable).inc()
 
 
+class _RunRef(msgspec.Struct):
+    run_id: str | None = None
+
+
+_run_ref_decoder = msgspec.json.Decoder(_RunRef)
+
+
+def _run_id_of(data: bytes) -> str | None:
+    """The run a message is about, for log context (most messages carry `run_id`)."""
+    try:
+        return _run_ref_decoder.decode(data).run_id
+    except msgspec.DecodeError:
+        return None
+
+
 class ConsumerLoop(Generic[M]):
     """Fetch, dispatch with bounded local concurrency, drain on stop."""
 
@@ -413,7 +510,7 @@ class ConsumerLoop(Generic[M]):
         self._reg = registration
         self._leases = leases if registration.fenced else None
         self._slots = asyncio.Semaphore(registration.concurrency)
-        self._log = get_logger(service=bus.name, consumer=registration.label)
+        self._log = get_logger(consumer=registration.label)  # service: from the context
 
     async def run(self, stopping: asyncio.Event) -> None:
         sub = await self._bus._pull(self._reg.spec)
@@ -481,11 +578,18 @@ class ConsumerLoop(Generic[M]):
             metrics.stale_deliveries_total.labels(kind).inc()
             self._log.warning("stale_delivery_ignored", stream_seq=delivery.stream_seq)
             return
-        token = correlation_id.set(delivery.correlation_id or f"msg-{delivery.stream_seq}")
-        try:
-            await self._run_attempt(raw, delivery)
-        finally:
-            correlation_id.reset(token)
+        corr = delivery.correlation_id or f"msg-{delivery.stream_seq}"
+        token = correlation_id.set(corr)
+        # Every log line written while handling carries where the message came from.
+        with structlog.contextvars.bound_contextvars(
+            service=self._reg.service or self._bus.name, subject=delivery.subject, stream_seq=delivery.stream_seq,
+            delivery=delivery.num_delivered, correlation_id=corr,
+            run_id=_run_id_of(raw.data),
+        ):
+            try:
+                await self._run_attempt(raw, delivery)
+            finally:
+                correlation_id.reset(token)
 
     async def _run_attempt(self, raw: NatsMsg, delivery: Delivery) -> None:
         try:
@@ -518,8 +622,12 @@ class ConsumerLoop(Generic[M]):
         if lost.is_set() or work.cancelled():
             status = "lease_lost"
             self._log.warning("lease_lost", stream_seq=delivery.stream_seq)
-        metrics.job_duration.labels(self._reg.label, status).observe(time.monotonic() - started)
+        elapsed = time.monotonic() - started
+        metrics.job_duration.labels(self._reg.label, status).observe(elapsed)
         metrics.jobs_total.labels(self._reg.label, status).inc()
+        # The canonical line: one per handled message.
+        self._log.info("message_handled", consumer=self._reg.label, status=status,
+                       duration_ms=round(elapsed * 1000, 2), reason=reason)
         if status == "lease_lost":
             return
         await self._settle(raw, delivery, status, delay, reason)

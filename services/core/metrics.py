@@ -129,3 +129,15 @@ llm_ratelimit_wait = Histogram(
     "zloth_llm_ratelimit_wait_seconds", "Time a request waited for the client's rate limiter",
     ["provider"], buckets=_DISPATCH_BUCKETS + (60.0, 120.0), registry=REGISTRY,
 )
+workspaces = Gauge(
+    "zloth_workspaces", "Workspaces on this host by state (active, warm, finished)", ["state"],
+    registry=REGISTRY,
+)
+workspace_bytes = Gauge(
+    "zloth_workspace_bytes", "Disk used by the workspaces on this host", registry=REGISTRY
+)
+workspace_budget_bytes = Gauge(
+    "zloth_workspace_budget_bytes", "Disk budget of the workspaces on this host",
+    registry=REGISTRY,
+)
+mirror_bytes = Gauge("zloth_mirror_bytes", "Disk used by the bare mirrors", registry=REGISTRY)

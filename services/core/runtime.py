@@ -9,16 +9,19 @@ import contextlib
 import os
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
-from schemas.streams import ALL_STREAMS, BucketSpec, StreamSpec
+from schemas.streams import ALL_STREAMS, STATUS_BUCKET, BucketSpec, StreamSpec
+from services.core import metrics
 from services.core.bus import Bus, Consume
 from services.core.config import CommonSettings
 from services.core.http import RequestContextMiddleware, ops_routes
@@ -120,9 +123,11 @@ async def run_services(
         async with asyncio.timeout(None) as drain_deadline, asyncio.TaskGroup() as group:
             for service in services:
                 for registration in service.consumers:
+                    registration.service = service.name
                     group.create_task(bus.consume(registration, stopping, leases[service.name]))
                 for task in service.tasks:
                     group.create_task(task(stopping))
+                group.create_task(report_status(bus, service, holder, stopping))
             if server is not None:
                 group.create_task(_serve_http(server, stopping))
             for task in extra_tasks:
@@ -146,6 +151,35 @@ async def run_services(
         for store in stores:
             await store.close()
         log.info("services_stopped")
+
+
+async def report_status(
+    bus: Bus, service: Service, holder: str, stopping: asyncio.Event, every: float = 5.0
+) -> None:
+    """Keep the queue gauges fresh and publish this instance's status for `/v1/status`."""
+    await bus.ensure_bucket(STATUS_BUCKET)
+    log = get_logger(service=service.name)
+    while not stopping.is_set():
+        try:
+            await _report_once(bus, service, holder)
+        except Exception as exc:  # noqa: BLE001  top of a periodic unit; the next round retries
+            log.warning("status_report_failed", error=str(exc))
+        await sleep_or_stop(stopping, every)
+
+
+async def _report_once(bus: Bus, service: Service, holder: str) -> None:
+    consumers: dict[str, dict[str, int]] = {}
+    for registration in service.consumers:
+        spec = registration.spec
+        state = await bus.consumer_state(spec.stream, spec.durable)
+        metrics.queue_size.labels(spec.durable).set(state["pending"])
+        metrics.queue_ack_pending.labels(spec.durable).set(state["ack_pending"])
+        consumers[spec.durable] = state
+    health = await service.health() if service.health else {"ok": True}
+    report = {"service": service.name, "instance": holder, "at": time.time(),
+              "health": health, "consumers": consumers}
+    await bus.kv_put(STATUS_BUCKET.name, f"{service.name}.{holder}".replace(":", "_"),
+                     msgspec.json.encode(report))
 
 
 async def sleep_or_stop(stopping: asyncio.Event, seconds: float) -> None:

@@ -52,6 +52,11 @@ class ExecutorSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     idle_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 600
     env_allow: list[str] = []
     env: dict[str, str] = {}
+    # how zloth drives it: "generic" (the template above, exit code decides) or a CLI
+    # adapter that also writes its settings, parses its events and judges its result
+    adapter: Literal["generic", "claude", "codex", "gemini"] = "generic"
+    wrap_prompt: bool = False  # prefix the instruction with zloth's rules (edit files only…)
+    version: str | None = None  # the version zloth pins and tests (scripts/install-agents)
 
     def __post_init__(self) -> None:
         secret = [n for n in (*self.env_allow, *self.env) if n.upper().startswith("ZLOTH_")]
@@ -64,12 +69,15 @@ class ExecutorSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 
 class AgentResult(msgspec.Struct, frozen=True, kw_only=True):
-    """What an agent reported about its work; any field may be missing."""
+    """What an agent reported about its work; any field may be missing. `error` is a
+    failure the agent itself reported (an API error, a failed turn): the run failed even
+    if the process exited 0."""
 
     summary: str | None = None
     session_id: str | None = None
     usage: dict[str, int] = {}
     cost_usd: float | None = None
+    error: str | None = None
 
 
 def build_argv(
@@ -99,11 +107,13 @@ def build_argv(
     return argv
 
 
-def load_executors(path: Path | None) -> dict[str, ExecutorSpec]:
+def load_executors(
+    path: Path | None, agents_bin: Path | None = None
+) -> dict[str, ExecutorSpec]:
     """The executors of a JSON file (a list of specs; it replaces the built-ins), or the
     built-ins when `path` is None. Raises ExecutorConfigError naming the bad field."""
     if path is None:
-        return builtin_executors()
+        return builtin_executors(agents_bin)
     try:
         specs = msgspec.json.decode(path.read_bytes(), type=list[ExecutorSpec])
     except OSError as exc:
@@ -118,9 +128,10 @@ def load_executors(path: Path | None) -> dict[str, ExecutorSpec]:
     return executors
 
 
-def builtin_executors() -> dict[str, ExecutorSpec]:
+def builtin_executors(agents_bin: Path | None = None) -> dict[str, ExecutorSpec]:
     """demo-a/b/c run the demo agent (by file path: it needs no install, and a workspace
-    cannot shadow it); noop prints one result line, for benchmarks."""
+    cannot shadow it); noop prints one result line, for benchmarks; claude, codex and
+    gemini run the pinned CLIs from `agents_bin` (else from PATH)."""
     demos = [
         ExecutorSpec(
             name=f"demo-{style}",
@@ -151,7 +162,9 @@ def builtin_executors() -> dict[str, ExecutorSpec]:
         timeout_seconds=60,
         idle_timeout_seconds=60,
     )
-    return {spec.name: spec for spec in [*demos, noop]}
+    from services.executor_runner.clis import cli_executors  # here: clis imports this module
+
+    return {spec.name: spec for spec in [*demos, noop, *cli_executors(agents_bin)]}
 
 
 def parse_line(spec: ExecutorSpec, text: str) -> tuple[LogStreamName, str, AgentResult | None]:
@@ -177,6 +190,7 @@ def merge_result(current: AgentResult | None, new: AgentResult) -> AgentResult:
         session_id=new.session_id or current.session_id,
         usage=new.usage or current.usage,
         cost_usd=new.cost_usd if new.cost_usd is not None else current.cost_usd,
+        error=new.error or current.error,
     )
 
 

@@ -19,17 +19,19 @@ from services.core.bus import Bus, Delivery
 from services.core.git import run_git
 from services.core.store import Store
 from services.core.telemetry import get_logger
+from services.executor_runner.adapters import Adapter, RunPaths, make_adapter
 from services.executor_runner.agent_env import build_agent_env
 from services.executor_runner.executors import (
     AgentResult,
     ExecutorSpec,
     build_argv,
     merge_result,
-    parse_line,
 )
 from services.executor_runner.logbatch import LogBatcher
 from services.executor_runner.process import Limits, ProcessOutcome, kill_recorded, run_agent
+from services.executor_runner.sessions import restore_state, save_state, state_dir
 from services.executor_runner.settings import RunnerSettings
+from services.executor_runner.versions import Installed
 
 MAX_SUMMARY_BYTES = 64 * 1024
 
@@ -45,6 +47,7 @@ class Runner:
         self.executors = executors
         self.runner_id = runner_id
         self.cancels: dict[str, asyncio.Event] = {}
+        self.installed: dict[str, Installed] = {}  # executor → (installed, version)
         self.log = get_logger(service="executor-runner")
 
     async def on_execute(self, cmd: ExecuteRun, delivery: Delivery) -> None:
@@ -90,8 +93,14 @@ class Runner:
             await reset_workspace(workspace, cmd.base_sha)
         summary_path = workspace / self.settings.summary_file
         home = await asyncio.to_thread(_fresh_home, self.settings.homes_dir / run_key)
-        argv = build_argv(spec, cmd.instruction, workspace, summary_path, cmd.resume_session)
+        paths = RunPaths(workspace=workspace, home=home, summary_file=summary_path)
+        adapter = make_adapter(spec)
+        sessions = state_dir(self.settings.sessions_dir, cmd.task_id, cmd.executor)
         env = build_agent_env(spec, home, os.environ)
+        await asyncio.to_thread(self._prepare, adapter, paths, sessions, env,
+                                cmd.resume_session)
+        instruction = adapter.prompt(cmd.instruction, paths)
+        argv = build_argv(spec, instruction, workspace, summary_path, cmd.resume_session)
         result: AgentResult | None = None
 
         async def emit(chunk: LogChunk) -> None:
@@ -105,7 +114,7 @@ class Runner:
                 kind: LogStreamName = stream
                 extracted = None
                 if stream == "stdout":
-                    kind, text, extracted = parse_line(spec, text)
+                    kind, text, extracted = adapter.parse(text)
                 await logs.add(kind, text)
                 if extracted is not None:
                     result = merge_result(result, extracted)
@@ -123,11 +132,22 @@ class Runner:
                 )
             finally:
                 metrics.agent_runs_active.labels(cmd.executor).dec()
+            # check may read the agent's files (Codex's rollout): off the event loop
+            outcome = await asyncio.to_thread(adapter.check, outcome, result, paths)
             if outcome.outcome != "succeeded":
                 await logs.add("system", f"agent {outcome.outcome}: {outcome.reason}")
         summary = await asyncio.to_thread(_take_summary, summary_path)
+        if result is not None and result.session_id and adapter.state_paths:
+            await asyncio.to_thread(save_state, home, sessions, adapter.state_paths)
         await asyncio.to_thread(shutil.rmtree, home, True)
         return outcome, result, summary
+
+    def _prepare(self, adapter: Adapter, paths: RunPaths, sessions: Path,
+                 env: dict[str, str], session: str | None) -> None:
+        """The agent's HOME: its previous session's state when it resumes, its settings."""
+        if session and adapter.state_paths:
+            restore_state(sessions, paths.home, adapter.state_paths)
+        adapter.prepare(paths, env, session)
 
     def _limits(self, cmd: ExecuteRun, spec: ExecutorSpec) -> Limits:
         return Limits(

@@ -4,8 +4,8 @@ kind's global concurrency), the cancel listener, and the executor announcements.
 from __future__ import annotations
 
 import asyncio
-import shutil
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -25,11 +25,12 @@ from services.executor_runner.executors import (
 from services.executor_runner.process import reap_leftovers
 from services.executor_runner.runner import Runner
 from services.executor_runner.settings import RunnerSettings
+from services.executor_runner.versions import probe
 
 
 def select_executors(settings: RunnerSettings) -> dict[str, ExecutorSpec]:
     try:
-        executors = load_executors(settings.executors_file)
+        executors = load_executors(settings.executors_file, settings.agents_bin)
     except ExecutorConfigError as exc:
         raise ConfigError(f"ZLOTH_EXECUTORS_FILE: {exc}") from None
     unknown = [name for name in settings.executors if name not in executors]
@@ -47,10 +48,16 @@ async def build(settings: RunnerSettings, deps: Deps) -> Service:
     if reaped:
         get_logger(service=NAME).warning("reaped_leftover_agents", pids=reaped)
     runner = Runner(deps.bus, deps.store, settings, executors, deps.instance_id)
+    found = await asyncio.gather(*(probe(spec) for spec in executors.values()))
+    runner.installed = dict(zip(executors, found, strict=True))
+    missing = [name for name, (installed, _) in runner.installed.items() if not installed]
+    if missing:  # announced as not installed; their runs wait for a runner that has them
+        get_logger(service=NAME).warning("executors_not_installed", executors=missing)
     consumers: list[Consume[Any]] = [
         Consume(exec_consumer(name, spec.concurrency, settings.ack_wait_seconds), ExecuteRun,
                 runner.on_execute, concurrency=spec.concurrency)
         for name, spec in executors.items()
+        if name not in missing
     ]
     return Service(
         name=NAME,
@@ -86,19 +93,36 @@ async def listen_for_cancels(runner: Runner, stopping: asyncio.Event) -> None:
 
 
 async def announce(runner: Runner, stopping: asyncio.Event) -> None:
-    """Tell the gateway which executors exist and whether their command is installed."""
+    """Tell the gateway which executors exist, whether their program is installed on the
+    runners, and its version (the key is per executor, shared by all runners: a runner
+    without the program never overwrites the announcement of one that has it)."""
     while not stopping.is_set():
         for name, spec in runner.executors.items():
+            installed, version = runner.installed.get(name, (False, None))
             info = {
                 "name": name,
                 "concurrency": spec.concurrency,
                 "output": spec.output,
-                "command": spec.command[0],
-                "installed": shutil.which(spec.command[0]) is not None,
+                "adapter": spec.adapter,
+                "command": Path(spec.command[0]).name,
+                "installed": installed,
+                "version": version,
+                "pinned_version": spec.version,
                 "runner": runner.runner_id,
             }
+            if not installed and await _installed_elsewhere(runner, name):
+                continue
             await runner.bus.kv_put(EXECUTORS_BUCKET.name, name, msgspec.json.encode(info))
         await sleep_or_stop(stopping, runner.settings.announce_seconds)
+
+
+async def _installed_elsewhere(runner: Runner, name: str) -> bool:
+    raw = await runner.bus.kv_get(EXECUTORS_BUCKET.name, name)
+    try:
+        current = msgspec.json.decode(raw) if raw else None
+    except msgspec.DecodeError:
+        return False
+    return isinstance(current, dict) and current.get("installed") is True
 
 
 def unit(settings: RunnerSettings) -> Unit:

@@ -25,6 +25,7 @@ from services.gateway.idempotency import Claim, Clock, Idempotency, PostHandler,
 from services.gateway.openapi import openapi_document
 from services.gateway.outbox import DISPATCH_GRACE_SECONDS, Outbox
 from services.gateway.repos import RepoUrlError, check_repo_url
+from services.gateway.status import status_view
 from services.gateway.store import GatewayStore, NewRun
 from services.gateway.views import (
     AcceptedRuns,
@@ -76,6 +77,7 @@ class Api:
             Route("/v1/runs/{id}", self.get_run, methods=["GET"]),
             Route("/v1/runs/{id}/cancel", self._post(self.cancel_run), methods=["POST"]),
             Route("/v1/executors", self.list_executors, methods=["GET"]),
+            Route("/v1/status", self.status, methods=["GET"]),
             Route("/openapi.json", self.openapi, methods=["GET"]),
         ]
 
@@ -246,6 +248,9 @@ class Api:
         except BusError as exc:
             raise unavailable(exc) from None
         return json_response({"executors": [known[name] for name in sorted(known)]})
+
+    async def status(self, _: Request) -> Response:
+        return json_response(await status_view(self._bus, self._store, self._registry))
 
     async def openapi(self, _: Request) -> Response:
         return Response(self._openapi, media_type="application/json")

@@ -250,6 +250,10 @@ class GatewayStore:
                     (at, at + delay, run_id),
                 )
 
+    async def runs_by_state(self) -> dict[str, int]:
+        rows = await self.db.fetchall("SELECT state, COUNT(*) AS n FROM runs GROUP BY state")
+        return {str(row["state"]): int(row["n"]) for row in rows}
+
     async def outbox_backlog(self) -> int:
         row = await self.db.fetchone(
             "SELECT COUNT(*) AS n FROM runs WHERE version = 0 AND state = 'queued'"

@@ -103,7 +103,10 @@ class Scheduler:
         )
 
     async def on_execution_started(self, event: ExecutionStarted, delivery: Delivery) -> None:
-        await self.apply(event.run_id, lambda r: machine.agent_started(r, event))
+        run = await self.apply(event.run_id, lambda r: machine.agent_started(r, event))
+        if run is not None:  # the seed's "job start p95": accepted → agent process started
+            waited = (event.started_at - run.accepted_at).total_seconds()
+            metrics.agent_start_latency.labels(run.executor).observe(max(0.0, waited))
 
     async def on_execution_finished(self, event: ExecutionFinished, delivery: Delivery) -> None:
         now = self.clock()

@@ -8,7 +8,7 @@ from services.core.config import CommonSettings
 
 
 class SchedulerSettings(CommonSettings, frozen=True, kw_only=True):
-    metrics_port: int = 0  # 0: no HTTP endpoint when run alone
+    metrics_port: int = 9101  # /metrics and /healthz when run alone; 0 turns them off
     max_attempts: int = 3
     retry_backoff_seconds: list[float] = msgspec.field(default_factory=lambda: [2.0, 10.0, 30.0])
     tick_seconds: float = 0.5

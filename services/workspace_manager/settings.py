@@ -8,7 +8,7 @@ from services.core.config import CommonSettings
 
 
 class WorkspaceSettings(CommonSettings, frozen=True, kw_only=True):
-    metrics_port: int = 0
+    metrics_port: int = 9102  # /metrics and /healthz when run alone; 0 turns them off
     workspaces_dir: Path | None = None  # default: <data_dir>/workspaces
     mirrors_dir: Path | None = None  # default: <data_dir>/mirrors
     mirror_refresh_seconds: float = 30.0

@@ -134,7 +134,10 @@ async def process_stack(
     """Each service its own OS process; yields a gateway client and the processes."""
     port = free_port()
     env = stack_env(nats_url, data_dir, ZLOTH_GATEWAY_PORT=str(port),
-                    ZLOTH_LOG_RELAY_PORT=str(free_port()), **extra)
+                    ZLOTH_LOG_RELAY_PORT=str(free_port()),
+                    ZLOTH_SCHEDULER_METRICS_PORT=str(free_port()),
+                    ZLOTH_WORKSPACE_MANAGER_METRICS_PORT=str(free_port()),
+                    ZLOTH_EXECUTOR_RUNNER_METRICS_PORT=str(free_port()), **extra)
     procs = {name: ServiceProcess(name, env, data_dir) for name in SERVICE_NAMES}
     data_dir.mkdir(parents=True, exist_ok=True)
     for proc in procs.values():

@@ -83,14 +83,14 @@ class _Handler(BaseHTTPRequestHandler):
     fake: FakeProvider
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  stdlib's name
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # quiet: tests read `requests`
 
-    def do_GET(self) -> None:  # noqa: N802  http.server's naming
+    def do_GET(self) -> None:
         self._record({})
         self._json(404, {"error": {"message": f"no such path {self.path}"}})
 
-    def do_POST(self) -> None:  # noqa: N802  http.server's naming
+    def do_POST(self) -> None:
         length = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(length) if length else b""
         try:

@@ -1,0 +1,87 @@
+"""What an operator sees: metric samples after a few runs (one failing), and the request's
+correlation id on log lines of several services."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from structlog.testing import LogCapture
+
+from services.core import metrics
+from services.core.natsd import NatsServer
+from tests.support.gitrepo import make_origin
+from tests.support.stack import inprocess_stack, submit, wait_run
+
+TERMINAL = {"succeeded", "failed", "canceled"}
+
+
+def sample(name: str, **labels: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@pytest.fixture
+def captured() -> Iterator[LogCapture]:
+    capture = LogCapture()
+    structlog.configure(processors=[structlog.contextvars.merge_contextvars, capture])
+    try:
+        yield capture
+    finally:
+        structlog.reset_defaults()
+
+
+async def test_metrics_and_correlated_logs_of_a_few_runs(
+    nats_server: NatsServer, tmp_path: Path, captured: LogCapture
+) -> None:
+    origin = make_origin(tmp_path / "origin", files=5, commits=1)
+    before = {
+        "ok": sample("zloth_jobs_total", kind="exec-demo-a", status="ok"),
+        "failed": sample("zloth_run_transitions_total", state="failed"),
+        "succeeded": sample("zloth_run_transitions_total", state="succeeded"),
+        "dispatch": sample("zloth_queue_latency_seconds_count", kind="sched-start"),
+        "start": sample("zloth_job_start_latency_seconds_count", executor="demo-a"),
+        "clone": sample("zloth_git_clone_seconds_count", kind="workspace"),
+    }
+    async with inprocess_stack(nats_server.url, tmp_path / "data") as client:
+        good = await submit(client, origin, ["demo-a", "demo-b"], "Describe it")
+        bad = await submit(client, origin, ["demo-a"], "Break it FAIL")
+        runs = [*good["runs"], *bad["runs"]]
+        done = [await wait_run(client, r["id"], TERMINAL) for r in runs]
+        await asyncio.sleep(6)  # one status round refreshes the queue gauges
+        exported = (await client.get("/metrics")).text
+        status = (await client.get("/v1/status")).json()
+    assert [d["state"] for d in done] == ["succeeded", "succeeded", "failed"]
+    assert sample("zloth_jobs_total", kind="exec-demo-a", status="ok") - before["ok"] == 2
+    assert sample("zloth_run_transitions_total", state="failed") - before["failed"] == 1
+    assert sample("zloth_run_transitions_total", state="succeeded") - before["succeeded"] == 2
+    assert sample("zloth_queue_latency_seconds_count", kind="sched-start") - before["dispatch"] == 3
+    assert sample("zloth_job_start_latency_seconds_count", executor="demo-a") - before["start"] == 2
+    assert sample("zloth_git_clone_seconds_count", kind="workspace") - before["clone"] == 3
+    assert sample("zloth_queue_size", kind="exec-demo-a") == 0
+    assert sample("zloth_queue_ack_pending", kind="exec-demo-a") == 0
+    assert 'zloth_http_request_duration_seconds_count{method="POST"' in exported
+    assert status["runs_by_state"] == {"succeeded": 2, "failed": 1}
+    assert status["executors"]["demo-a"]["concurrency"] >= 1
+    assert status["streams"]["ZLOTH_CMD"]["messages"] == 0
+    assert any(key.startswith("scheduler.") for key in status["services"])
+
+    request_id = correlated_request(captured.entries, bad["runs"][0]["id"])
+    services = {e.get("service") for e in captured.entries
+                if e.get("correlation_id") == request_id}
+    assert {"gateway", "scheduler", "workspace-manager", "executor-runner"} <= services
+
+
+def correlated_request(entries: list[dict[str, Any]], run_id: str) -> str:
+    """The correlation id on the scheduler's handling of this run's StartRun."""
+    for entry in entries:
+        if entry.get("run_id") == run_id and entry.get("subject", "").startswith(
+            "zloth.cmd.sched.start"
+        ):
+            corr = entry.get("correlation_id")
+            assert isinstance(corr, str) and corr.startswith("req-")
+            return corr
+    raise AssertionError("no log line of the scheduler handling the run's StartRun")
