@@ -30,7 +30,7 @@ from nats.js.kv import KeyValue
 
 from schemas.base import Message
 from schemas.streams import BucketSpec, ConsumerSpec, StreamSpec
-from services.core import metrics
+from services.core import metrics, tracing
 from services.core.errors import BackpressureError, BusError, Reject, Retry
 from services.core.leases import Leases
 from services.core.telemetry import get_logger
@@ -245,6 +245,7 @@ class Bus:
             hdrs[CORRELATION_HEADER] = corr
         if msg_id:
             hdrs["Nats-Msg-Id"] = msg_id
+        tracing.inject(hdrs)
         try:
             ack = await self._js.publish(subject, data, headers=hdrs or None, timeout=10)
         except nats.js.errors.APIError as exc:
@@ -582,12 +583,16 @@ class ConsumerLoop(Generic[M]):
         token = correlation_id.set(corr)
         # Every log line written while handling carries where the message came from.
         with structlog.contextvars.bound_contextvars(
-            service=self._reg.service or self._bus.name, subject=delivery.subject, stream_seq=delivery.stream_seq,
+            service=self._reg.service or self._bus.name, subject=delivery.subject,
+            stream_seq=delivery.stream_seq,
             delivery=delivery.num_delivered, correlation_id=corr,
             run_id=_run_id_of(raw.data),
         ):
             try:
-                await self._run_attempt(raw, delivery)
+                with tracing.span(f"handle {self._reg.label}", delivery.headers,
+                                  {"zloth.service": self._reg.service,
+                                   "messaging.destination": delivery.subject}):
+                    await self._run_attempt(raw, delivery)
             finally:
                 correlation_id.reset(token)
 

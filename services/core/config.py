@@ -27,6 +27,7 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     log_format: str = "auto"  # json | console | auto (console when a terminal is attached)
     log_level: str = "info"
     instance_id: str = ""  # empty: hostname-pid
+    tracing: bool = False  # OpenTelemetry over OTLP (OTEL_EXPORTER_OTLP_* say where)
 
     def sqlite_path(self, service: str) -> Path:
         return self.data_dir / "db" / f"{service}.sqlite3"

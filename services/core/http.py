@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.core import metrics
+from services.core import metrics, tracing
 from services.core.bus import correlation_id
 from services.core.telemetry import get_logger
 
@@ -111,7 +111,9 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self._call(scope, receive, send_wrapped)
+            with tracing.span(f"HTTP {scope['method']} {scope.get('path', '')}", None,
+                              {"zloth.service": self.service, "zloth.request_id": request_id}):
+                await self._call(scope, receive, send_wrapped)
         finally:
             route = _route_template(scope)
             elapsed = time.monotonic() - started

@@ -21,7 +21,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
 from schemas.streams import ALL_STREAMS, STATUS_BUCKET, BucketSpec, StreamSpec
-from services.core import metrics
+from services.core import metrics, tracing
 from services.core.bus import Bus, Consume
 from services.core.config import CommonSettings
 from services.core.http import RequestContextMiddleware, ops_routes
@@ -107,6 +107,8 @@ async def run_services(
 ) -> None:
     """Run `units` until SIGINT/SIGTERM (or `stopping`), then drain in-flight work."""
     log = get_logger(service="+".join(u.name for u in units))
+    if settings.tracing and not tracing.enabled():
+        tracing.enable("+".join(u.name for u in units))
     stopping = stopping or asyncio.Event()
     _install_signal_handlers(stopping)
     bus = await Bus.connect(nats_url, name="+".join(u.name for u in units))

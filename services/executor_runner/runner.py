@@ -14,7 +14,7 @@ from schemas.base import utcnow
 from schemas.executions import ExecuteRun, ExecutionFinished, ExecutionStarted
 from schemas.logs import LogChunk, LogStreamName
 from schemas.streams import CANCEL_BUCKET
-from services.core import metrics
+from services.core import metrics, tracing
 from services.core.bus import Bus, Delivery
 from services.core.git import run_git
 from services.core.store import Store
@@ -126,10 +126,12 @@ class Runner:
             ))
             metrics.agent_runs_active.labels(cmd.executor).inc()
             try:
-                outcome = await run_agent(
-                    argv, workspace, env, on_line, self._limits(cmd, spec), cancel,
-                    self.settings.pidfile_dir, run_key,
-                )
+                with tracing.span("agent run", None, {"zloth.executor": cmd.executor,
+                                                      "zloth.run_id": cmd.run_id}):
+                    outcome = await run_agent(
+                        argv, workspace, env, on_line, self._limits(cmd, spec), cancel,
+                        self.settings.pidfile_dir, run_key,
+                    )
             finally:
                 metrics.agent_runs_active.labels(cmd.executor).dec()
             # check may read the agent's files (Codex's rollout): off the event loop

@@ -1,7 +1,12 @@
 """Bare mirrors of upstream repositories (`<root>/<name>.git`), shared by every workspace on a host.
 
 One clone or fetch at a time per mirror: an asyncio.Lock in this process plus an flock on
-`<root>/<name>.lock` across processes; callers that waited reuse the fetch that just finished.
+`<root>/<name>.lock` across processes (several replicas on one host); callers that waited
+reuse the fetch that just finished. Only branches and tags are mirrored (`refs/pull/*` can
+be larger than the repository); `refs/zloth/runs/<run_id>` keeps each run's commit so a
+follow-up finds it after the run's workspace is gone. A mirror may be a partial clone
+(`--filter=blob:none`): the blobs a workspace needs are fetched into it before checkout.
+Credentials are passed per command (credentials.py), never stored in the mirror's config.
 """
 
 from __future__ import annotations
@@ -16,19 +21,24 @@ import secrets
 import shutil
 import stat
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 
 import structlog
 
-from services.core.metrics import git_clone_bytes, git_clone_seconds
 from services.core.git import GitError, run_git
+from services.core.metrics import git_clone_bytes, git_clone_seconds
+from services.workspace_manager.credentials import auth_env, without_credentials
 
 log = structlog.get_logger(__name__)
 
 # Written into a mirror after each successful clone or fetch: its content is the clock's
 # reading then, so freshness is shared by every process using the mirror.
 STAMP_FILE = "zloth-fetched"
+_REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
+RUNS_NAMESPACE = "refs/zloth/runs/"
+# An agent's `git push /path/to/mirror` runs this (zloth's own git never pushes into it).
+_PRE_RECEIVE = b"#!/bin/sh\necho 'zloth: this mirror is read-only' >&2\nexit 1\n"
 
 
 class UnknownRefError(LookupError):
@@ -48,6 +58,8 @@ class MirrorCache:
         *,
         clock: Callable[[], float] = time.time,
         timeout: float = 1800.0,
+        blob_filter: str = "",
+        tokens: Mapping[str, str] | None = None,
     ) -> None:
         self.root = root.absolute()
         self.refresh_seconds = refresh_seconds
@@ -55,7 +67,10 @@ class MirrorCache:
         self.fetches = 0
         self._clock = clock
         self._timeout = timeout
+        self._filter = blob_filter
+        self._tokens = dict(tokens or {})
         self._locks: dict[str, asyncio.Lock] = {}
+        self._urls: dict[str, str] = {}  # mirror name -> URL as given (credentials included)
 
     def path_for(self, repo_id: str) -> Path:
         return self.root / f"{safe_name(repo_id)}.git"
@@ -65,12 +80,11 @@ class MirrorCache:
         if url.startswith("-"):
             raise ValueError(f"not a repository URL: {url!r}")
         mirror = self.path_for(repo_id)
+        self._urls[mirror.name] = url
         if await self._usable(mirror, want_ref):
             return mirror
         waited_since = self._clock()
-        self.root.mkdir(parents=True, exist_ok=True)
-        lock = self._locks.setdefault(mirror.name, asyncio.Lock())
-        async with lock, host_lock(mirror.with_suffix(".lock")):
+        async with self.locked(mirror):
             # Whoever held the lock before us may have just fetched: reuse that fetch.
             if self._stamp(mirror) >= waited_since or await self._usable(mirror, want_ref):
                 return mirror
@@ -79,6 +93,38 @@ class MirrorCache:
             else:
                 await self._clone(mirror, url)
         return mirror
+
+    @contextlib.asynccontextmanager
+    async def locked(self, mirror: Path) -> AsyncIterator[None]:
+        """Hold the mirror's lock (fetches, maintenance) in this process and on this host."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = self._locks.setdefault(mirror.name, asyncio.Lock())
+        async with lock, host_lock(mirror.with_suffix(".lock")):
+            yield
+
+    def env_for(self, mirror: Path) -> dict[str, str]:
+        """Credentials for upstream of `mirror`, as the last URL given for it carries them."""
+        url = self._urls.get(mirror.name) or _configured_url(mirror)
+        return auth_env(url, self._tokens)
+
+    async def fetch_blobs(self, mirror: Path, sha: str) -> None:
+        """In a partial mirror, fetch the blobs of `sha`'s tree it lacks (one request)."""
+        if not (mirror / "objects" / "info").is_dir() or not await _is_partial(mirror):
+            return
+        listed = await run_git(
+            ["rev-list", "--objects", "--no-object-names", "--missing=print", f"{sha}^{{tree}}"],
+            cwd=mirror, env={"GIT_NO_LAZY_FETCH": "1"}, timeout=self._timeout,
+        )
+        missing = [line[1:] for line in listed.stdout.splitlines() if line.startswith("?")]
+        if not missing:
+            return
+        await run_git(
+            ["-c", "fetch.negotiationAlgorithm=noop", "fetch", "--no-tags",
+             "--no-write-fetch-head", "--quiet", f"--filter={self._filter or 'blob:none'}",
+             "--stdin", "origin"],
+            cwd=mirror, env=self.env_for(mirror), input="".join(f"{m}\n" for m in missing).encode(),
+            timeout=self._timeout,
+        )
 
     async def _usable(self, mirror: Path, want_ref: str | None) -> bool:
         if self._clock() - self._stamp(mirror) >= self.refresh_seconds:
@@ -107,18 +153,24 @@ class MirrorCache:
             await run_git(
                 [
                     "clone",
-                    "--mirror",
+                    "--bare",
                     "--quiet",
+                    "--template=",
+                    *([f"--filter={self._filter}"] if self._filter else []),
                     "-c",
                     "gc.auto=0",
                     "-c",
                     "maintenance.auto=false",
                     "--",
-                    url,
+                    without_credentials(url),
                     str(tmp),
                 ],
+                env=auth_env(url, self._tokens),
                 timeout=self._timeout,
             )
+            (tmp / "hooks").mkdir(exist_ok=True)
+            (tmp / "hooks" / "pre-receive").write_bytes(_PRE_RECEIVE)
+            (tmp / "hooks" / "pre-receive").chmod(0o755)
             self._write_stamp(tmp)
             size = await asyncio.to_thread(disk_usage, tmp)
             tmp.rename(mirror)
@@ -134,8 +186,11 @@ class MirrorCache:
         started = time.monotonic()
         before = await asyncio.to_thread(disk_usage, mirror / "objects")
         try:
+            # Explicit refspecs: --prune then only touches branches and tags, never the
+            # refs/zloth/ namespace (and refs/pull/* is never fetched).
             await run_git(
-                ["fetch", "--prune", "--quiet", "origin"], cwd=mirror, timeout=self._timeout
+                ["fetch", "--prune", "--quiet", "--no-write-fetch-head", "origin", *_REFSPECS],
+                cwd=mirror, env=self.env_for(mirror), timeout=self._timeout,
             )
         except GitError as exc:
             if want_ref is not None and not await is_resolvable(mirror, want_ref):
@@ -151,6 +206,27 @@ class MirrorCache:
         git_clone_seconds.labels(kind="mirror").observe(elapsed)
         git_clone_bytes.labels(kind="mirror").observe(grown)
         log.info("mirror_fetched", mirror=str(mirror), seconds=round(elapsed, 3), bytes=grown)
+
+
+async def keep_commit(mirror: Path, source: Path, ref: str, run_id: str, sha: str) -> None:
+    """Copy `ref` (at `sha`) of the workspace `source` into the mirror as the run's ref.
+
+    Only the objects the mirror lacks travel (the agent's blobs, zloth's commit); the
+    objects are checked on the way in, since they come from where an agent worked.
+    """
+    await run_git(
+        ["-c", "fetch.fsckObjects=true", "fetch", "--quiet", "--no-tags", "--no-write-fetch-head",
+         str(source.absolute()), f"+{ref}:{RUNS_NAMESPACE}{run_id}"],
+        cwd=mirror,
+    )
+    kept = await resolve(mirror, f"{RUNS_NAMESPACE}{run_id}")
+    if kept != sha:  # the branch moved under us: drop what is not zloth's commit
+        await run_git(["update-ref", "-d", f"{RUNS_NAMESPACE}{run_id}"], cwd=mirror)
+        raise GitError(["fetch"], 1, f"{ref} is at {kept}, not zloth's commit {sha}")
+
+
+async def drop_kept(mirror: Path, run_id: str) -> None:
+    await run_git(["update-ref", "-d", f"{RUNS_NAMESPACE}{run_id}"], cwd=mirror, check=False)
 
 
 async def default_branch(mirror: Path) -> str:
@@ -184,6 +260,20 @@ def _check_ref(ref: str) -> None:
         raise UnknownRefError(f"not a ref: {ref!r}")
 
 
+async def _is_partial(mirror: Path) -> bool:
+    found = await run_git(["config", "--get", "remote.origin.promisor"], cwd=mirror, check=False)
+    return found.stdout.strip() == "true"
+
+
+def _configured_url(mirror: Path) -> str:
+    try:
+        text = (mirror / "config").read_text()
+    except OSError:
+        return ""
+    found = re.search(r"^\s*url\s*=\s*(.+)$", text, re.MULTILINE)
+    return found.group(1).strip().strip('"') if found else ""
+
+
 def safe_name(repo_id: str) -> str:
     """A file name for `repo_id`; the hash keeps `a/b` and `a_b` apart."""
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", repo_id).strip("._-")[:64] or "repo"
@@ -208,6 +298,21 @@ async def host_lock(path: Path) -> AsyncIterator[None]:
         yield
     finally:
         os.close(fd)  # closing the only descriptor releases the lock
+
+
+@contextlib.contextmanager
+def try_host_lock(path: Path) -> Iterator[bool]:
+    """Yield True holding `path`'s flock, or False at once when another holder has it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 async def _flock(fd: int) -> None:

@@ -4,7 +4,7 @@ correlation id on log lines of several services."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +75,7 @@ async def test_metrics_and_correlated_logs_of_a_few_runs(
     assert {"gateway", "scheduler", "workspace-manager", "executor-runner"} <= services
 
 
-def correlated_request(entries: list[dict[str, Any]], run_id: str) -> str:
+def correlated_request(entries: list[MutableMapping[str, Any]], run_id: str) -> str:
     """The correlation id on the scheduler's handling of this run's StartRun."""
     for entry in entries:
         if entry.get("run_id") == run_id and entry.get("subject", "").startswith(

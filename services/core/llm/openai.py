@@ -13,7 +13,6 @@ from services.core.llm.wire import (
     Completion,
     HttpCall,
     RateInfo,
-    Refused,
     StreamParser,
     Transient,
     as_int,
@@ -33,8 +32,6 @@ class OpenAI:
         if request.api == "chat":
             return HttpCall(f"{base}/v1/chat/completions", headers, _chat_body(request),
                             request.stream)
-        if request.stop:
-            raise Refused(400, "the Responses API has no stop sequences: use api='chat'")
         body: dict[str, Any] = {
             "model": request.model,
             "input": [{"role": m.role, "content": m.content}

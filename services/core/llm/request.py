@@ -49,6 +49,8 @@ class Request(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("max_tokens must be at least 1")
         if self.api not in ("", "responses", "chat") or (self.api and self.provider != "openai"):
             raise ValueError(f"api {self.api!r} is not one of {self.provider}'s APIs")
+        if self.stop and self.provider == "openai" and self.api != "chat":
+            raise ValueError("OpenAI's Responses API has no stop sequences: use api='chat'")
 
     def estimated_tokens(self) -> int:
         # ~4 characters per token, plus the most the reply may use: what a provider
