@@ -129,8 +129,10 @@ def print_outcome(run: dict[str, Any], out: TextIO) -> None:
         out.write(f"    summary: {run['summary'].strip().splitlines()[0]}\n")
     files = run.get("files_changed") or []
     for change in files:
-        out.write(f"    {change['status']} {change['path']}  +{change['added']} -{change['removed']}\n")
+        added, removed = change["added"], change["removed"]
+        out.write(f"    {change['status']} {change['path']}  +{added} -{removed}\n")
     if files:
         added = sum(c["added"] for c in files)
         removed = sum(c["removed"] for c in files)
-        out.write(f"    {len(files)} files changed, {added} insertions(+), {removed} deletions(-)\n")
+        out.write(f"    {len(files)} files changed, {added} insertions(+),"
+                  f" {removed} deletions(-)\n")

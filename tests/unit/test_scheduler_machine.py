@@ -90,7 +90,8 @@ def test_workspace_failure_and_dead_letters_fail_the_current_attempt_only() -> N
     preparing = record(state="preparing")
     event = WorkspaceFailed(run_id="run_1", attempt=1, stage="prepare", reason="no such ref")
     failed = machine.workspace_failed(preparing, event, T0, 3, BACKOFF)
-    assert failed is not None and failed.state == "failed" and "no such ref" in (failed.reason or "")
+    assert failed is not None and failed.state == "failed"
+    assert "no such ref" in (failed.reason or "")
     assert machine.dead_lettered(preparing, 2, "x", T0) is None
     dead = machine.dead_lettered(preparing, 1, "max deliveries", T0)
     assert dead is not None and dead.state == "failed"

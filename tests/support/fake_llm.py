@@ -1,0 +1,477 @@
+"""A fake LLM provider over real HTTP on 127.0.0.1 for the LLM client's tests.
+
+It speaks OpenAI (Responses, Chat Completions), Anthropic Messages and Gemini
+generateContent / streamGenerateContent, JSON and SSE, checks each provider's auth header,
+sends their rate-limit headers, and injects faults: 429 with or without Retry-After, 5xx,
+hangs, streams cut mid-body or ended without their terminal event. It records every
+request with its arrival time. It runs its own event loop in a thread, so the load the
+client puts on the test's loop cannot skew what the server measures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import msgspec
+
+from services.core.bus import Bus
+from services.core.llm.secrets import Keyring, SecretStore
+from services.core.llm.settings import LLMSettings, ProviderSettings
+
+API_KEY = "sk-fake-0123456789abcdefSECRET"
+FaultKind = Literal["ok", "429", "5xx", "hang", "cut", "truncate", "down"]
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: FaultKind = "ok"
+    retry_after: float | None = None  # 429: seconds announced (None: no header)
+    status: int = 503  # 5xx
+    hang: float = 30.0
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One request as the server saw it (monotonic times of this process)."""
+
+    seq: int
+    at: float
+    provider: str
+    api: str
+    prompt: str
+    stream: bool
+    fault: str
+    status: int
+    retry_after: float | None
+    answered_at: float
+
+
+Plan = Callable[[int, str], Fault]  # (attempt number of this prompt, prompt) -> fault
+
+
+@dataclass
+class RateRule:
+    """At most `limit` accepted requests in any `window` seconds (a sliding window);
+    above it: 429 with Retry-After when `retry_after` is set."""
+
+    limit: int
+    window: float
+    retry_after: bool = True
+    accepted: deque[float] = field(default_factory=deque)
+
+    def admit(self, now: float) -> tuple[bool, int, float]:
+        """(accepted, remaining after this one, seconds until fully replenished)."""
+        while self.accepted and self.accepted[0] <= now - self.window:
+            self.accepted.popleft()
+        ok = len(self.accepted) < self.limit
+        if ok:
+            self.accepted.append(now)
+        reset = self.accepted[-1] + self.window - now if self.accepted else 0.0
+        return ok, self.limit - len(self.accepted), reset
+
+    def free_in(self, now: float) -> float:
+        return max(0.0, self.accepted[0] + self.window - now) if self.accepted else 0.0
+
+
+class FakeLLM:
+    def __init__(self, *, api_key: str = API_KEY, plan: Plan | None = None,
+                 rule: RateRule | None = None, rate_headers: bool = True,
+                 latency: float = 0.0) -> None:
+        self.api_key = api_key
+        self.plan = plan
+        self.rule = rule
+        self.rate_headers = rate_headers
+        self.latency = latency
+        self.down = False
+        self.port = 0
+        self._lock = threading.Lock()
+        self._hits: list[Hit] = []
+        self._attempts: dict[str, int] = {}
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.echoed_keys = 0  # 401 bodies that repeated the presented key
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def hits(self) -> list[Hit]:
+        with self._lock:
+            return list(self._hits)
+
+    def count(self, prompt_prefix: str = "") -> int:
+        return sum(1 for h in self.hits() if h.prompt.startswith(prompt_prefix))
+
+    def start(self) -> FakeLLM:
+        self._thread = threading.Thread(target=self._run, name="fake-llm", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("fake LLM server did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            tasks.add(task)
+            try:
+                await self._connection(reader, writer)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass  # the client hung up (timeouts, cancelled calls): nothing to answer
+            finally:
+                tasks.discard(task)
+                writer.close()
+
+        server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        await self._stop.wait()
+        server.close()
+        for task in list(tasks):
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                          ) -> None:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                return
+            lines = head.decode("latin-1").split("\r\n")
+            _method, target, _version = lines[0].split(" ", 2)
+            headers = {k.strip().lower(): v.strip() for k, _, v in
+                       (line.partition(":") for line in lines[1:] if line)}
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
+            with self._lock:
+                self.in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                keep = await self._respond(target, headers, json.loads(body or b"{}"), writer)
+            finally:
+                with self._lock:
+                    self.in_flight -= 1
+            if not keep:
+                return
+
+    async def _respond(self, target: str, headers: dict[str, str], body: Any,
+                       writer: asyncio.StreamWriter) -> bool:
+        now = time.monotonic()
+        route = _route(target, body)
+        if route is None:
+            await _write(writer, 404, {}, {"error": {"message": f"no route {target}"}})
+            return True
+        provider, api, stream = route
+        if _presented_key(provider, headers) != self.api_key:
+            presented = _presented_key(provider, headers)
+            with self._lock:
+                self.echoed_keys += 1
+            # OpenAI echoes (part of) a wrong key back: the client must not log it.
+            await _write(writer, 401, {}, {"error": {
+                "message": f"Incorrect API key provided: {presented}", "type": "auth"}})
+            return True
+        prompt = _prompt(provider, api, body)
+        with self._lock:
+            attempt = self._attempts[prompt] = self._attempts.get(prompt, 0) + 1
+        fault = Fault(kind="down") if self.down else (
+            self.plan(attempt, prompt) if self.plan else Fault())
+        extra: dict[str, str] = {}
+        if fault.kind == "ok" and self.rule is not None:
+            with self._lock:
+                ok, remaining, reset = self.rule.admit(now)
+                free_in = self.rule.free_in(now)
+            if self.rate_headers:
+                extra = _rate_headers(provider, self.rule.limit, remaining, reset)
+            if not ok:
+                announced = math.ceil(free_in) if self.rule.retry_after else None
+                fault = Fault(kind="429", retry_after=announced)
+        status = {"ok": 200, "429": 429, "5xx": fault.status, "down": 503}.get(fault.kind, 200)
+        self._record(now, provider, api, prompt, stream, fault, status)
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        return await self._answer(writer, provider, api, stream, prompt, fault, status, extra)
+
+    def _record(self, now: float, provider: str, api: str, prompt: str, stream: bool,
+                fault: Fault, status: int) -> None:
+        with self._lock:
+            self._hits.append(Hit(seq=len(self._hits), at=now, provider=provider, api=api,
+                                  prompt=prompt, stream=stream, fault=fault.kind, status=status,
+                                  retry_after=fault.retry_after, answered_at=time.monotonic()))
+
+    async def _answer(self, writer: asyncio.StreamWriter, provider: str, api: str,
+                      stream: bool, prompt: str, fault: Fault, status: int,
+                      extra: dict[str, str]) -> bool:
+        if fault.kind == "hang":
+            await asyncio.sleep(fault.hang)
+            return False
+        if fault.kind == "429":
+            headers = dict(extra)
+            if fault.retry_after is not None:
+                headers["retry-after"] = str(int(fault.retry_after))
+            await _write(writer, 429, headers, _error_body(provider, 429, fault.retry_after))
+            return True
+        if fault.kind in ("5xx", "down"):
+            await _write(writer, status, extra, _error_body(provider, status, None))
+            return True
+        text = f"reply {hashlib.sha1(prompt.encode()).hexdigest()[:8]} to {prompt[:24]}"
+        usage = (max(1, len(prompt) // 4), len(text) // 4 + 1)
+        if stream:
+            events = _sse_events(provider, api, text, usage)
+            return await _write_sse(writer, extra, events, fault.kind)
+        payload = _json_body(provider, api, text, usage)
+        if fault.kind in ("cut", "truncate"):
+            raw = json.dumps(payload).encode()
+            head = _head(200, {**extra, "content-type": "application/json",
+                               "content-length": str(len(raw))})
+            writer.write(head + raw[: len(raw) // 2])
+            await writer.drain()
+            return False  # close mid-body
+        await _write(writer, 200, extra, payload)
+        return True
+
+
+def _route(target: str, body: Any) -> tuple[str, str, bool] | None:
+    path = target.split("?", 1)[0]
+    if path == "/v1/chat/completions":
+        return "openai", "chat", bool(body.get("stream"))
+    if path == "/v1/responses":
+        return "openai", "responses", bool(body.get("stream"))
+    if path == "/v1/messages":
+        return "anthropic", "messages", bool(body.get("stream"))
+    if path.startswith("/v1beta/models/"):
+        if path.endswith(":generateContent"):
+            return "google", "generate", False
+        if path.endswith(":streamGenerateContent") and "alt=sse" in target:
+            return "google", "generate", True
+    return None
+
+
+def _presented_key(provider: str, headers: dict[str, str]) -> str:
+    if provider == "openai":
+        return headers.get("authorization", "").removeprefix("Bearer ")
+    if provider == "anthropic":
+        return headers.get("x-api-key", "") if "anthropic-version" in headers else ""
+    return headers.get("x-goog-api-key", "")
+
+
+def _prompt(provider: str, api: str, body: Any) -> str:
+    """The user text of the request, joined: what tests key their plans on."""
+    if provider == "google":
+        return "\n".join(p.get("text", "") for c in body.get("contents", []) if c["role"] == "user"
+                         for p in c.get("parts", []))
+    items = body.get("messages") or body.get("input") or []
+    return "\n".join(str(m["content"]) for m in items if m.get("role") == "user")
+
+
+def _rate_headers(provider: str, limit: int, remaining: int, reset: float) -> dict[str, str]:
+    if provider == "openai":
+        return {"x-ratelimit-limit-requests": str(limit),
+                "x-ratelimit-remaining-requests": str(remaining),
+                "x-ratelimit-reset-requests": f"{reset:.3f}s"}
+    if provider == "anthropic":
+        when = datetime.fromtimestamp(time.time() + reset, UTC).isoformat().replace("+00:00", "Z")
+        return {"anthropic-ratelimit-requests-limit": str(limit),
+                "anthropic-ratelimit-requests-remaining": str(remaining),
+                "anthropic-ratelimit-requests-reset": when}
+    return {}
+
+
+def _error_body(provider: str, status: int, retry_after: float | None) -> dict[str, Any]:
+    message = "rate limit exceeded" if status == 429 else "the server had an error"
+    if provider == "anthropic":
+        kind = "rate_limit_error" if status == 429 else "overloaded_error"
+        return {"type": "error", "error": {"type": kind, "message": message}}
+    if provider == "google":
+        error: dict[str, Any] = {"code": status, "message": message,
+                                 "status": "RESOURCE_EXHAUSTED" if status == 429 else "UNAVAILABLE"}
+        if retry_after is not None:
+            error["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                                 "retryDelay": f"{int(retry_after)}s"}]
+        return {"error": error}
+    return {"error": {"message": message, "type": "server_error", "code": None}}
+
+
+def _json_body(provider: str, api: str, text: str, usage: tuple[int, int]) -> dict[str, Any]:
+    tokens_in, tokens_out = usage
+    if provider == "anthropic":
+        return {"id": "msg_1", "type": "message", "role": "assistant", "model": "m",
+                "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
+                "usage": {"input_tokens": tokens_in, "output_tokens": tokens_out}}
+    if provider == "google":
+        return {"candidates": [{"content": {"role": "model", "parts": [{"text": text}]},
+                                "finishReason": "STOP", "index": 0}],
+                "usageMetadata": {"promptTokenCount": tokens_in,
+                                  "candidatesTokenCount": tokens_out,
+                                  "totalTokenCount": tokens_in + tokens_out}}
+    if api == "chat":
+        return {"id": "chatcmpl-1", "object": "chat.completion", "model": "m",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": tokens_in, "completion_tokens": tokens_out,
+                          "total_tokens": tokens_in + tokens_out}}
+    return _openai_response(text, tokens_in, tokens_out)
+
+
+def _openai_response(text: str, tokens_in: int, tokens_out: int) -> dict[str, Any]:
+    return {"id": "resp_1", "object": "response", "status": "completed", "model": "m",
+            "output": [{"type": "message", "id": "msg_1", "role": "assistant", "status":
+                        "completed", "content": [{"type": "output_text", "text": text,
+                                                  "annotations": []}]}],
+            "usage": {"input_tokens": tokens_in, "output_tokens": tokens_out,
+                      "total_tokens": tokens_in + tokens_out}}
+
+
+def _pieces(text: str) -> list[str]:
+    third = max(1, len(text) // 3)
+    return [text[:third], text[third: 2 * third], text[2 * third:]]
+
+
+def _sse_events(provider: str, api: str, text: str, usage: tuple[int, int]) -> list[bytes]:
+    """The provider's event sequence; the last event is the one that says "complete"."""
+    tokens_in, tokens_out = usage
+
+    def event(name: str | None, data: Any) -> bytes:
+        line = data if isinstance(data, str) else json.dumps(data)
+        return (f"event: {name}\n" if name else "").encode() + f"data: {line}\n\n".encode()
+
+    pieces = _pieces(text)
+    if provider == "anthropic":
+        return [
+            event("message_start", {"type": "message_start", "message": {
+                "id": "msg_1", "type": "message", "role": "assistant", "content": [],
+                "usage": {"input_tokens": tokens_in, "output_tokens": 1}}}),
+            event("content_block_start", {"type": "content_block_start", "index": 0,
+                                          "content_block": {"type": "text", "text": ""}}),
+            event("ping", {"type": "ping"}),
+            *[event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                            "delta": {"type": "text_delta", "text": p}})
+              for p in pieces],
+            event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                                    "usage": {"output_tokens": tokens_out}}),
+            event("message_stop", {"type": "message_stop"}),
+        ]
+    if provider == "google":
+        chunks = [{"candidates": [{"content": {"role": "model", "parts": [{"text": p}]}}]}
+                  for p in pieces]
+        chunks[-1]["candidates"][0]["finishReason"] = "STOP"
+        chunks[-1]["usageMetadata"] = {"promptTokenCount": tokens_in,
+                                       "candidatesTokenCount": tokens_out}
+        return [event(None, c) for c in chunks]
+    if api == "chat":
+        deltas = [event(None, {"object": "chat.completion.chunk", "choices": [
+            {"index": 0, "delta": {"content": p}, "finish_reason": None}]}) for p in pieces]
+        return [*deltas,
+                event(None, {"object": "chat.completion.chunk", "choices": [
+                    {"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+                event(None, {"object": "chat.completion.chunk", "choices": [], "usage": {
+                    "prompt_tokens": tokens_in, "completion_tokens": tokens_out}}),
+                event(None, "[DONE]")]
+    return [
+        event("response.created", {"type": "response.created", "response": {"status":
+                                                                             "in_progress"}}),
+        *[event("response.output_text.delta", {"type": "response.output_text.delta",
+                                               "delta": p}) for p in pieces],
+        event("response.completed", {"type": "response.completed",
+                                     "response": _openai_response(text, tokens_in, tokens_out)}),
+    ]
+
+
+_REASONS = {200: "OK", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests",
+            500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
+            529: "Overloaded"}
+
+
+def _head(status: int, headers: dict[str, str]) -> bytes:
+    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def _write(writer: asyncio.StreamWriter, status: int, headers: dict[str, str],
+                 payload: Any) -> None:
+    raw = json.dumps(payload).encode()
+    writer.write(_head(status, {**headers, "content-type": "application/json",
+                                "content-length": str(len(raw))}) + raw)
+    await writer.drain()
+
+
+async def _write_sse(writer: asyncio.StreamWriter, headers: dict[str, str],
+                     events: list[bytes], fault: str) -> bool:
+    writer.write(_head(200, {**headers, "content-type": "text/event-stream",
+                             "transfer-encoding": "chunked"}))
+    if fault == "truncate":
+        events = events[:-1]  # a clean end of body, but without the terminal event
+    for i, data in enumerate(events):
+        if fault == "cut" and i == len(events) // 2:
+            await writer.drain()
+            return False  # the connection drops mid-stream
+        writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        await writer.drain()
+    writer.write(b"0\r\n\r\n")
+    await writer.drain()
+    return True
+
+
+def fake_settings(fake: FakeLLM, **overrides: Any) -> LLMSettings:
+    """Client settings aimed at `fake` for all three providers, with test-sized timeouts.
+
+    Provider fields go in `provider={...}`; everything else is an LLMSettings field."""
+    provider_fields: dict[str, Any] = {"connect_timeout": 1.0, "read_timeout": 1.0,
+                                       "attempt_timeout": 2.0}
+    provider_fields.update(overrides.pop("provider", {}))
+    providers = {name: ProviderSettings(base_url=fake.base_url, key_name=f"llm.{name}",
+                                        **provider_fields)
+                 for name in ("openai", "anthropic", "google")}
+    values: dict[str, Any] = {"providers": providers, "backoff_base": 0.05, "backoff_max": 0.5,
+                              "max_attempts": 4, "deadline_seconds": 10.0,
+                              "instance_id": "test"}
+    values.update(overrides)
+    return LLMSettings(**values)
+
+
+# A fixed test master key (32 bytes, base64): never use it for anything real.
+MASTER_KEY = "test1:" + base64.b64encode(bytes(range(32))).decode()
+
+
+async def secret_store(bus: Bus, master_key: str = MASTER_KEY, api_key: str = API_KEY
+                       ) -> SecretStore:
+    """A secret store holding `api_key` for all three providers."""
+    store = SecretStore(bus, Keyring.parse(master_key))
+    await store.ensure()
+    for name in ("openai", "anthropic", "google"):
+        await store.put(f"llm.{name}", api_key)
+    return store
+
+
+def settings_json(settings: LLMSettings) -> str:
+    """For handing settings to a replica process."""
+    return msgspec.json.encode(settings).decode()
