@@ -19,6 +19,8 @@ class PrepareWorkspace(Command, frozen=True, kw_only=True):
     base_ref: str | None = None
     branch: str
     sparse_paths: list[str] = []
+    # A follow-up: continue that run's branch (synced with the remote, base merged in).
+    previous_run_id: str | None = None
 
     def subject(self) -> str:
         return f"{self.subject_prefix}.{self.run_id}"
@@ -36,6 +38,10 @@ class WorkspaceReady(Event, frozen=True, kw_only=True):
     branch: str
     base_sha: str
     base_ref: str
+    # A follow-up's merge left these files in conflict for the agent to resolve (zloth
+    # checks no conflict marker remains before it commits).
+    conflicts: list[str] = []
+    host: str = ""  # the workspace-manager host holding the workspace
 
     def msg_id(self) -> str:
         return f"run:{self.run_id}:attempt:{self.attempt}:ws-ready"
@@ -82,9 +88,24 @@ class WorkspaceFailed(Event, frozen=True, kw_only=True):
 
     run_id: str
     attempt: int
-    stage: str  # "prepare" | "commit"
+    stage: str  # "prepare" | "commit" | "push"
     reason: str
     retryable: bool = False
 
     def msg_id(self) -> str:
         return f"run:{self.run_id}:attempt:{self.attempt}:ws-failed:{self.stage}"
+
+
+class WorkspacePushed(Event, frozen=True, kw_only=True):
+    """The run's branch is on the remote at `sha` (after merging what others pushed)."""
+
+    subject_prefix: ClassVar[str] = "zloth.evt.ws.pushed"
+
+    run_id: str
+    attempt: int
+    branch: str
+    sha: str
+    merged_remote: bool = False  # the remote had moved: zloth merged it before pushing
+
+    def msg_id(self) -> str:
+        return f"run:{self.run_id}:attempt:{self.attempt}:pushed"

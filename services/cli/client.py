@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
@@ -37,6 +38,8 @@ async def submit(
     client: httpx.AsyncClient, repo: str, executors: list[str], instruction: str,
     base_ref: str | None = None, title: str | None = None,
 ) -> dict[str, Any]:
+    if Path(repo).exists():  # a local path: the services may run elsewhere than our cwd
+        repo = str(Path(repo).resolve())
     repo_doc = await call(client, "POST", "/v1/repos", json={"url": repo})
     task = await call(client, "POST", "/v1/tasks",
                       json={"repo_id": repo_doc["id"], "title": title or instruction[:60]})

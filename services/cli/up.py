@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -52,7 +53,9 @@ def up(demo: bool = False, exit_after_demo: bool = False) -> int:
     except ConfigError as exc:
         print(f"zloth up: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
+    # The demo's output is the point on a terminal: only warnings unless asked otherwise.
+    level = settings.log_level if "ZLOTH_LOG_LEVEL" in os.environ else "warning"
+    configure_logging(level, settings.log_format)
     outcome: dict[str, bool] = {"ok": True}
 
     async def main() -> None:

@@ -116,15 +116,18 @@ class Bus:
         self._js: JetStreamContext = nc.jetstream(timeout=10)
         self.name = name
         self._log = get_logger(component="bus", service=name)
+        self._closing: dict[str, bool] = {"now": False}
         # KV handles by bucket: `key_value()` costs a stream-info round trip per call.
         self._kv_handles: dict[str, KeyValue] = {}
 
     @classmethod
     async def connect(cls, url: str, name: str, *, connect_timeout: float = 5.0) -> Bus:
         log = get_logger(component="bus", service=name)
+        closing = {"now": False}
 
         async def on_disconnect() -> None:
-            log.warning("nats_disconnected")
+            if not closing["now"]:  # our own drain disconnects too: not worth a warning
+                log.warning("nats_disconnected")
 
         async def on_reconnect() -> None:
             log.info("nats_reconnected")
@@ -146,13 +149,16 @@ class Bus:
             )
         except (OSError, nats.errors.Error) as exc:
             raise BusError(f"cannot connect to NATS at {url}: {exc}") from exc
-        return cls(nc, name)
+        bus = cls(nc, name)
+        bus._closing = closing
+        return bus
 
     @property
     def connected(self) -> bool:
         return bool(self._nc.is_connected)
 
     async def close(self) -> None:
+        self._closing["now"] = True
         if not self._nc.is_closed:
             try:
                 await self._nc.drain()

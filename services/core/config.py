@@ -29,6 +29,11 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     instance_id: str = ""  # empty: hostname-pid
     tracing: bool = False  # OpenTelemetry over OTLP (OTEL_EXPORTER_OTLP_* say where)
 
+    def __post_init__(self) -> None:
+        # Paths travel in messages between processes: never relative to one's cwd.
+        if not self.data_dir.is_absolute():
+            msgspec.structs.force_setattr(self, "data_dir", self.data_dir.absolute())
+
     def sqlite_path(self, service: str) -> Path:
         return self.data_dir / "db" / f"{service}.sqlite3"
 

@@ -141,3 +141,21 @@ workspace_budget_bytes = Gauge(
     registry=REGISTRY,
 )
 mirror_bytes = Gauge("zloth_mirror_bytes", "Disk used by the bare mirrors", registry=REGISTRY)
+workspace_pool_takes_total = Counter(
+    "zloth_workspace_pool_takes_total",
+    "Workspaces asked for with a warm pool configured: taken from it (hit) or made (miss)",
+    ["outcome"],
+    registry=REGISTRY,
+)
+workspace_removed_total = Counter(
+    "zloth_workspace_removed_total",
+    "Workspaces removed or recycled, by reason (retention, budget, orphan, recycled, pool)",
+    ["reason"],
+    registry=REGISTRY,
+)
+git_push_total = Counter(
+    "zloth_git_push_total",
+    "Pushes of a run's branch by outcome (pushed, merged_then_pushed, rejected, failed)",
+    ["outcome"],
+    registry=REGISTRY,
+)

@@ -178,7 +178,8 @@ def step_command(run: RunRecord, branch_prefix: str) -> Command | None:
     branch = run.branch or f"{branch_prefix}/{run.id}"
     if run.state == "preparing":
         return PrepareWorkspace(run_id=run.id, attempt=run.attempt, repo=run.repo,
-                                base_ref=run.base_ref, branch=branch)
+                                base_ref=run.base_ref, branch=branch,
+                                previous_run_id=run.previous_run_id)
     if run.state == "running" and run.workspace_path and run.base_sha:
         return ExecuteRun(
             run_id=run.id, task_id=run.task_id, attempt=run.attempt, executor=run.executor,

@@ -1,8 +1,9 @@
-"""workspace-manager: bare mirrors per repository, per-run workspaces made from them, and
-zloth's commit of a run's result.
+"""workspace-manager: bare mirrors per repository, per-run workspaces made from them (warm
+ones from a pool), zloth's commit and push of a run's result, disk budget and GC.
 
-Consumes `zloth.cmd.ws.prepare.<run_id>` (PrepareWorkspace) and `zloth.cmd.ws.commit.<run_id>`
-(CommitWorkspace). Produces `zloth.evt.ws.ready`, `zloth.evt.ws.committed`,
+Consumes `zloth.cmd.ws.prepare.<run_id>` (PrepareWorkspace), `zloth.cmd.ws.commit.<run_id>`
+(CommitWorkspace) and `zloth.evt.run.>` (RunStateChanged: which workspaces are finished).
+Produces `zloth.evt.ws.ready`, `zloth.evt.ws.committed`, `zloth.evt.ws.pushed`,
 `zloth.evt.ws.failed`.
 """
 

@@ -1,25 +1,35 @@
-"""Workspace commands: prepare a run's workspace from the repository's mirror, commit what
-the agent changed. Bad input (unknown ref, unreachable repository after every retry)
-becomes a WorkspaceFailed event; transient git failures are retried by the bus."""
+"""Workspace commands: prepare a run's workspace from the repository's mirror, commit (and
+push) what the agent changed; run state events tell which workspaces are finished.
+
+Bad input (unknown ref, a follow-up's merge conflict, conflict markers left, a push the
+remote refuses) becomes a WorkspaceFailed event; transient git failures are retried by the
+bus and reported as retryable on the last delivery.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from schemas.runs import RunStateChanged
 from schemas.workspaces import (
     CommitWorkspace,
     PrepareWorkspace,
     WorkspaceCommitted,
     WorkspaceFailed,
+    WorkspacePushed,
     WorkspaceReady,
 )
 from services.core.bus import Bus, Delivery
 from services.core.errors import Retry
-from services.core.telemetry import get_logger
 from services.core.git import GitError
+from services.core.telemetry import get_logger
+from services.workspace_manager.merging import MergeConflict
 from services.workspace_manager.mirrors import UnknownRefError
+from services.workspace_manager.push import PushRejected, PushResult
 from services.workspace_manager.settings import WorkspaceSettings
 from services.workspace_manager.workspaces import WorkspaceError, WorkspaceFactory
+
+_PERMANENT = (UnknownRefError, ValueError, WorkspaceError, MergeConflict, PushRejected)
 
 
 class WorkspaceHandlers:
@@ -33,11 +43,11 @@ class WorkspaceHandlers:
         try:
             workspace = await self.factory.create(
                 cmd.run_id, cmd.repo.repo_id, cmd.repo.url, cmd.base_ref, cmd.branch,
-                cmd.sparse_paths,
+                cmd.sparse_paths, cmd.previous_run_id,
             )
             if cmd.attempt > 1:  # a retry starts from the base, whatever the last attempt did
                 await self.factory.reset(Path(workspace.path), workspace.base_sha)
-        except (UnknownRefError, ValueError, WorkspaceError) as exc:
+        except _PERMANENT as exc:
             await self._failed(cmd.run_id, cmd.attempt, "prepare", str(exc), retryable=False)
             return
         except GitError as exc:
@@ -46,28 +56,48 @@ class WorkspaceHandlers:
         await self.bus.publish(WorkspaceReady(
             run_id=cmd.run_id, attempt=cmd.attempt, path=str(workspace.path),
             branch=workspace.branch, base_sha=workspace.base_sha, base_ref=workspace.base_ref,
+            conflicts=workspace.conflicts, host=self.settings.host,
         ))
         self.log.info("workspace_ready", run_id=cmd.run_id, path=str(workspace.path))
 
     async def on_commit(self, cmd: CommitWorkspace, delivery: Delivery) -> None:
+        stage = "commit"
+        pushed: PushResult | None = None
         try:
             result = await self.factory.commit(
                 Path(cmd.path), cmd.base_sha, cmd.message, cmd.run_id,
                 summary_file=self.settings.summary_file,
                 max_diff_bytes=self.settings.max_diff_bytes,
             )
-        except (ValueError, WorkspaceError) as exc:
-            await self._failed(cmd.run_id, cmd.attempt, "commit", str(exc), retryable=False)
+            if self.settings.push and result.commit_sha is not None:
+                stage = "push"
+                pushed = await self.factory.push(
+                    Path(cmd.path), attempts=self.settings.push_attempts
+                )
+        except _PERMANENT as exc:
+            await self._failed(cmd.run_id, cmd.attempt, stage, str(exc), retryable=False)
             return
         except GitError as exc:
-            await self._transient(cmd.run_id, cmd.attempt, "commit", exc, delivery)
+            await self._transient(cmd.run_id, cmd.attempt, stage, exc, delivery)
             return
+        if pushed is not None:
+            await self.bus.publish(WorkspacePushed(
+                run_id=cmd.run_id, attempt=cmd.attempt, branch=cmd.branch, sha=pushed.sha,
+                merged_remote=bool(pushed.merged),
+            ))
         await self.bus.publish(WorkspaceCommitted(
             run_id=cmd.run_id, attempt=cmd.attempt, branch=cmd.branch, base_sha=cmd.base_sha,
             commit_sha=result.commit_sha, files_changed=result.files_changed, diff=result.diff,
             diff_truncated=result.diff_truncated, rejected_paths=result.rejected_paths,
         ))
-        self.log.info("workspace_committed", run_id=cmd.run_id, commit=result.commit_sha)
+        self.log.info("workspace_committed", run_id=cmd.run_id, commit=result.commit_sha,
+                      pushed=pushed.sha if pushed else None)
+
+    async def on_run_state(self, event: RunStateChanged, delivery: Delivery) -> None:
+        """A terminal run's workspace becomes finished (recyclable, collectable) on the host
+        that holds it; every host sees the event (one durable consumer per host)."""
+        if event.terminal and await self.factory.finish(event.run_id):
+            self.log.info("workspace_finished", run_id=event.run_id, state=event.state)
 
     async def _transient(
         self, run_id: str, attempt: int, stage: str, exc: GitError, delivery: Delivery

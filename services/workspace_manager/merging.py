@@ -11,9 +11,10 @@ from pathlib import Path
 
 from services.core.git import run_git
 from services.workspace_manager.commits import display
+from services.workspace_manager.records import WorkspaceError
 
 
-class MergeConflict(Exception):  # noqa: N818 -- an outcome the caller reports, named as such
+class MergeConflict(Exception):
     """Merging `theirs` into the workspace's branch conflicts in `files`."""
 
     def __init__(self, what: str, files: list[str]) -> None:
@@ -58,7 +59,7 @@ async def merge(path: Path, theirs: str, what: str, *, keep_conflicts: bool) -> 
     files = sorted(display(f) for f in listed.stdout.split("\0") if f)
     if not files:  # failed for another reason (a file in the way, …): not a conflict
         await run_git(["merge", "--abort"], cwd=path, check=False)
-        raise RuntimeError(f"git merge of {what} failed: {done.stderr.strip()[-500:]}")
+        raise WorkspaceError(f"git merge of {what} failed: {done.stderr.strip()[-500:]}")
     if not keep_conflicts:
         await run_git(["merge", "--abort"], cwd=path)
         raise MergeConflict(what, files)

@@ -1,25 +1,52 @@
-"""Wire the workspace-manager: one consumer per command kind over one WorkspaceFactory."""
+"""Wire the workspace-manager: a consumer per command kind, one for run state events (its
+durable is per host: every host must learn which of its workspaces are finished), the warm
+pool's filler and the janitor, over one WorkspaceFactory.
+
+Several hosts: a run's workspace lives on the host that made it, and the runner must run
+the agent there. Each host runs its workspace-manager replicas and runners side by side;
+WorkspaceReady says which `host` holds the workspace, and the scheduler is to publish the
+run's later commands (ExecuteRun, CommitWorkspace, a follow-up's PrepareWorkspace) on a
+per-host subject (`zloth.cmd.<kind>.<host>.<run_id>`) consumed only there. Until the
+scheduler does, run one host (replicas on it share the disk and the flocks).
+"""
 
 from __future__ import annotations
 
+import re
 from functools import partial
 from typing import Any
 
-from schemas.streams import CMD, ConsumerSpec
+from schemas.runs import RunStateChanged
+from schemas.streams import CMD, EVT, ConsumerSpec
 from schemas.workspaces import CommitWorkspace, PrepareWorkspace
 from services.core.bus import Consume
 from services.core.runtime import Deps, Service, Unit
 from services.workspace_manager import NAME
+from services.workspace_manager.gc import Janitor
 from services.workspace_manager.handlers import WorkspaceHandlers
 from services.workspace_manager.mirrors import MirrorCache
+from services.workspace_manager.pool import WarmPool
 from services.workspace_manager.settings import WorkspaceSettings
 from services.workspace_manager.workspaces import WorkspaceFactory
 
 
+def make_factory(settings: WorkspaceSettings) -> tuple[WorkspaceFactory, Janitor]:
+    mirrors = MirrorCache(settings.mirrors_root, settings.mirror_refresh_seconds,
+                          blob_filter=settings.mirror_filter, tokens=settings.git_tokens)
+    pool = WarmPool(settings.workspaces_root, mirrors, settings.pool_size,
+                    settings.pool_idle_seconds)
+    factory = WorkspaceFactory(mirrors, settings.workspaces_root, pool=pool,
+                               conflicts=settings.conflict_policy, tokens=settings.git_tokens)
+    janitor = Janitor(factory, retention_seconds=settings.retention_seconds,
+                      keep_seconds=settings.keep_finished_seconds,
+                      budget_bytes=settings.disk_budget_bytes)
+    return factory, janitor
+
+
 async def build(settings: WorkspaceSettings, deps: Deps) -> Service:
-    mirrors = MirrorCache(settings.mirrors_root, settings.mirror_refresh_seconds)
-    factory = WorkspaceFactory(mirrors, settings.workspaces_root)
+    factory, janitor = make_factory(settings)
     handlers = WorkspaceHandlers(factory, deps.bus, settings)
+    host = re.sub(r"[^A-Za-z0-9_-]+", "_", settings.host)[:64]
     consumers: list[Consume[Any]] = [
         Consume(ConsumerSpec(stream=CMD.name, durable="ws-prepare",
                              filter_subject="zloth.cmd.ws.prepare.>", ack_wait_seconds=60,
@@ -29,8 +56,22 @@ async def build(settings: WorkspaceSettings, deps: Deps) -> Service:
                              filter_subject="zloth.cmd.ws.commit.>", ack_wait_seconds=60,
                              max_deliver=5, max_ack_pending=64),
                 CommitWorkspace, handlers.on_commit, concurrency=16),
+        Consume(ConsumerSpec(stream=EVT.name, durable=f"ws-runs-{host}",
+                             filter_subject="zloth.evt.run.>", ack_wait_seconds=60,
+                             max_deliver=5, max_ack_pending=256),
+                RunStateChanged, handlers.on_run_state, concurrency=8),
     ]
-    return Service(name=NAME, consumers=consumers)
+    pool = factory.pool
+    assert pool is not None
+    return Service(
+        name=NAME,
+        consumers=consumers,
+        tasks=[
+            partial(pool.run, janitor.detach_finished),
+            partial(janitor.run, every=settings.gc_interval_seconds,
+                    mirrors_every=settings.mirror_maintenance_seconds),
+        ],
+    )
 
 
 def unit(settings: WorkspaceSettings) -> Unit:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import math
@@ -137,17 +138,20 @@ class FakeLLM:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         tasks: set[asyncio.Task[None]] = set()
+        writers: set[asyncio.StreamWriter] = set()
 
         async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             task = asyncio.current_task()
             assert task is not None
             tasks.add(task)
+            writers.add(writer)
             try:
                 await self._connection(reader, writer)
             except (ConnectionError, asyncio.IncompleteReadError):
                 pass  # the client hung up (timeouts, cancelled calls): nothing to answer
             finally:
                 tasks.discard(task)
+                writers.discard(writer)
                 writer.close()
 
         server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
@@ -155,8 +159,10 @@ class FakeLLM:
         self._ready.set()
         await self._stop.wait()
         server.close()
-        for task in list(tasks):
-            task.cancel()
+        # Closing the sockets ends every handler (hangs wait on `_stop`): no cancellation,
+        # which asyncio's stream callback would log as an error.
+        for writer in list(writers):
+            writer.close()
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -230,7 +236,10 @@ class FakeLLM:
                       stream: bool, prompt: str, fault: Fault, status: int,
                       extra: dict[str, str]) -> bool:
         if fault.kind == "hang":
-            await asyncio.sleep(fault.hang)
+            assert self._stop is not None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(fault.hang):
+                    await self._stop.wait()
             return False
         if fault.kind == "429":
             headers = dict(extra)
@@ -241,7 +250,7 @@ class FakeLLM:
         if fault.kind in ("5xx", "down"):
             await _write(writer, status, extra, _error_body(provider, status, None))
             return True
-        text = f"reply {hashlib.sha1(prompt.encode()).hexdigest()[:8]} to {prompt[:24]}"
+        text = f"reply {hashlib.sha256(prompt.encode()).hexdigest()[:8]} to {prompt[:24]}"
         usage = (max(1, len(prompt) // 4), len(text) // 4 + 1)
         if stream:
             events = _sse_events(provider, api, text, usage)
@@ -380,8 +389,9 @@ def _sse_events(provider: str, api: str, text: str, usage: tuple[int, int]) -> l
             event("message_stop", {"type": "message_stop"}),
         ]
     if provider == "google":
-        chunks = [{"candidates": [{"content": {"role": "model", "parts": [{"text": p}]}}]}
-                  for p in pieces]
+        chunks: list[dict[str, Any]] = [
+            {"candidates": [{"content": {"role": "model", "parts": [{"text": p}]}}]}
+            for p in pieces]
         chunks[-1]["candidates"][0]["finishReason"] = "STOP"
         chunks[-1]["usageMetadata"] = {"promptTokenCount": tokens_in,
                                        "candidatesTokenCount": tokens_out}

@@ -9,7 +9,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
 
@@ -47,12 +47,9 @@ class _Call:
 
     request: Request
     adapter: Adapter
-    key: str
-    started: float
     budget_end: float  # monotonic: the earlier of the deadline and the retry budget
+    key: str = ""
     attempts: int = 0
-    retry_after: float | None = None
-    waits: list[float] = field(default_factory=list)
 
 
 class LLMClient:
@@ -100,27 +97,34 @@ class LLMClient:
         request.validate()
         deadline = request.deadline_seconds or self._s.deadline_seconds
         started = time.monotonic()
-        outcome = "failed"
+        call = _Call(request=request, adapter=self._adapters[request.provider],
+                     budget_end=started + min(deadline, self._s.max_retry_seconds))
+        outcome, cached = "failed", False
         try:
             async with asyncio.timeout(deadline):
-                response = await self._complete(request, started + deadline)
-            outcome = "cached" if response.cached else "ok"
+                response = await self._complete(call)
+            outcome, cached = "ok", response.cached
             return response
         except TimeoutError:
             outcome = "deadline"
-            raise DeadlineExceeded(request.provider, "deadline", 0,
-                                   f"no answer within {deadline}s", 1.0) from None
+            raise DeadlineExceeded(request.provider, "deadline", call.attempts,
+                                   f"no answer within {deadline}s",
+                                   self._s.backoff_max) from None
         except LLMError as exc:
             outcome = type(exc).__name__.removeprefix("Provider").lower()
             raise
         finally:
-            metrics.llm_calls_total.labels(request.provider, outcome).inc()
+            metrics.llm_calls_total.labels(request.provider,
+                                           "cached" if cached else outcome).inc()
+            # The canonical line of a call: one per complete(), never the prompt or key.
             self._log.info("llm_call_finished", provider=request.provider, model=request.model,
-                           outcome=outcome, seconds=round(time.monotonic() - started, 3))
+                           outcome=outcome, cached=cached, attempts=call.attempts,
+                           seconds=round(time.monotonic() - started, 3))
 
-    async def _complete(self, request: Request, deadline_at: float) -> Response:
+    async def _complete(self, call: _Call) -> Response:
+        request = call.request
         if not (request.cache and self._s.cache_ttl_seconds > 0):
-            return await self._call(request, deadline_at)
+            return await self._call(call)
         key = cache_key(request)
         async with self._flights.hold(key):  # an identical request here goes first
             hit = await self._cache.get(key)
@@ -128,15 +132,13 @@ class LLMClient:
                 metrics.llm_cache_hits_total.labels(request.provider).inc()
                 return hit
             metrics.llm_cache_misses_total.labels(request.provider).inc()
-            response = await self._call(request, deadline_at)
+            response = await self._call(call)
             await self._cache.put(key, response, self._s.cache_ttl_seconds)
             return response
 
-    async def _call(self, request: Request, deadline_at: float) -> Response:
-        now = time.monotonic()
-        call = _Call(request=request, adapter=self._adapters[request.provider],
-                     key=await self._api_key(request.provider), started=now,
-                     budget_end=min(deadline_at, now + self._s.max_retry_seconds))
+    async def _call(self, call: _Call) -> Response:
+        request = call.request
+        call.key = await self._api_key(request.provider)
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(Transient),
             wait=lambda state: self._wait(call, state),
@@ -147,9 +149,11 @@ class LLMClient:
         try:
             completion: Completion = await retrying(self._attempt, call)
         except Transient as exc:
-            delay = exc.retry_after or self._s.backoff_base * 2 ** call.attempts
+            # The provider's Retry-After stands as given; otherwise the next backoff step.
+            delay = exc.retry_after if exc.retry_after is not None else min(
+                self._s.backoff_max, self._s.backoff_base * 2 ** call.attempts)
             raise ProviderFailed(request.provider, exc.kind, call.attempts, exc.detail,
-                                 min(delay, self._s.backoff_max * 4)) from None
+                                 delay) from None
         except Refused as exc:
             raise ProviderRejected(request.provider, exc.status, exc.detail) from None
         return Response(text=completion.text, usage=completion.usage, provider=request.provider,
@@ -206,12 +210,12 @@ class LLMClient:
 
     def _wait(self, call: _Call, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        call.retry_after = exc.retry_after if isinstance(exc, Transient) else None
+        retry_after = exc.retry_after if isinstance(exc, Transient) else None
         backoff = wait_random_exponential(multiplier=self._s.backoff_base,
                                           max=self._s.backoff_max)(state)
-        if call.retry_after is not None:
+        if retry_after is not None:
             # Never before Retry-After; the jitter keeps replicas from returning in step.
-            return call.retry_after + min(backoff, 0.1 * call.retry_after + 0.05)
+            return retry_after + min(backoff, 0.1 * retry_after + 0.05)
         return float(backoff)
 
     def _stop(self, call: _Call, state: RetryCallState) -> bool:
@@ -223,7 +227,6 @@ class LLMClient:
     def _on_retry(self, call: _Call, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         reason = exc.kind if isinstance(exc, Transient) else "unknown"
-        call.waits.append(state.upcoming_sleep)
         metrics.llm_retries_total.labels(call.request.provider, reason).inc()
         self._log.debug("llm_retry_scheduled", provider=call.request.provider, reason=reason,
                         attempt=state.attempt_number, delay=round(state.upcoming_sleep, 3))

@@ -4,8 +4,9 @@ tool_result, error, and one result (status success | error, stats).
 
 Its settings.json in the isolated HOME selects API-key auth and turns off telemetry,
 usage statistics, auto-update and folder trust prompts. Sessions live in
-~/.gemini/tmp/<basename of the cwd>/chats and `--resume ID` only looks in the current
-project's: a restored session is moved under this run's workspace name first."""
+~/.gemini/tmp/<project slug>/chats, and `--resume ID` only looks in the current project's:
+a project directory is claimed by its `.project_root` marker (the project's path), so a
+restored one is re-pointed at this run's workspace (checked in 0.61.0's ProjectRegistry)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ class GeminiAdapter(Adapter):
         gemini.mkdir(parents=True, exist_ok=True, mode=0o700)
         (gemini / "settings.json").write_text(json.dumps(SETTINGS), encoding="utf-8")
         if session:
-            _adopt_chats(gemini / "tmp", paths.workspace.name)
+            _adopt_project(gemini / "tmp", paths.workspace)
 
     def parse(self, text: str) -> Parsed:
         try:
@@ -91,10 +92,14 @@ class GeminiAdapter(Adapter):
         return "event", f"[result {event.get('status')}] {message or summary or ''}", result
 
 
-def _adopt_chats(tmp: Path, project: str) -> None:
-    """Move every restored chat file under ~/.gemini/tmp/<project>/chats."""
-    target = tmp / project / "chats"
-    for chat in list(tmp.glob("*/chats/*")):
-        if chat.parent != target:
-            target.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(chat), str(target / chat.name))
+def _adopt_project(tmp: Path, workspace: Path) -> None:
+    """Gather the restored chats in one project directory and mark it as `workspace`'s."""
+    projects = sorted(d for d in tmp.glob("*") if (d / "chats").is_dir())
+    if not projects:
+        return
+    keep = projects[0]
+    for other in projects[1:]:
+        for chat in other.glob("chats/*"):
+            shutil.move(str(chat), str(keep / "chats" / chat.name))
+        (other / ".project_root").unlink(missing_ok=True)
+    (keep / ".project_root").write_text(str(workspace), encoding="utf-8")

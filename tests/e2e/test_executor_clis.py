@@ -1,0 +1,91 @@
+"""The real agent CLIs (pinned by scripts/install-agents) through the whole stack, each
+talking to a local fake provider: edits committed, summary and session recorded, a
+follow-up resumes the session. Skipped only when the CLIs are not installed."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.core.natsd import NatsServer
+from tests.support.fake_providers import FakeProvider
+from tests.support.fake_providers.clis import (
+    CLIS,
+    agent_pids,
+    cli_spec,
+    missing_clis,
+    wait_no_agents,
+    write_executors,
+)
+from tests.support.gitrepo import git, make_origin
+from tests.support.stack import inprocess_stack, wait_for_executors, wait_run
+
+pytestmark = pytest.mark.skipif(
+    bool(missing_clis()), reason=f"agent CLIs not installed (scripts/install-agents): "
+    f"{missing_clis()}"
+)
+TERMINAL = {"succeeded", "failed", "canceled"}
+
+
+async def post_message(client: httpx.AsyncClient, task_id: str, executors: list[str],
+                       instruction: str) -> list[dict[str, object]]:
+    response = await client.post(f"/v1/tasks/{task_id}/runs",
+                                 json={"instruction": instruction, "executors": executors})
+    assert response.status_code == 202, response.text
+    return list(response.json()["runs"])
+
+
+async def new_task(client: httpx.AsyncClient, origin: Path) -> str:
+    repo = (await client.post("/v1/repos", json={"url": str(origin)})).json()
+    return str((await client.post("/v1/tasks", json={"repo_id": repo["id"]})).json()["id"])
+
+
+async def test_each_cli_edits_commits_and_resumes_its_session(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    origin = make_origin(tmp_path / "origin", files=4, commits=1)
+    data = tmp_path / "data"
+    with FakeProvider() as fake:
+        executors = write_executors(tmp_path / "executors.json",
+                                    [cli_spec(cli, fake.url) for cli in CLIS])
+        async with inprocess_stack(nats_server.url, data,
+                                   ZLOTH_EXECUTORS_FILE=str(executors)) as client:
+            await wait_for_executors(client, CLIS)
+            listed = {e["name"]: e for e in (await client.get("/v1/executors")).json()
+                      ["executors"]}
+            task = await new_task(client, origin)
+            first = await post_message(client, task, list(CLIS), "Add a note file")
+            done = [await wait_run(client, str(r["id"]), TERMINAL, 90) for r in first]
+            second = await post_message(client, task, list(CLIS), "Change it again")
+            again = [await wait_run(client, str(r["id"]), TERMINAL, 90) for r in second]
+        await wait_no_agents(data / "agent-homes")
+    for cli in CLIS:
+        assert listed[cli]["installed"] is True
+        assert listed[cli]["version"] == listed[cli]["pinned_version"]
+    for run, follow in zip(done, again, strict=True):
+        for one in (run, follow):
+            assert one["state"] == "succeeded", (one["executor"], one.get("reason"))
+            assert one["summary"] == fake.script.final_text
+            assert one["files_changed"], (one["executor"], one["id"], one["summary"])
+            assert "FAKE_EDIT.md" in one["diff"]
+            workspace = data / "workspaces" / str(one["id"])
+            shown = git("show", "--stat", "--format=", str(one["commit_sha"]), cwd=workspace)
+            assert "FAKE_EDIT.md" in shown
+        assert run["session_id"], run["executor"]
+        # a resumed session keeps its id (every CLI here resumes in place)
+        assert follow["session_id"] == run["session_id"], follow["executor"]
+    # the follow-up's requests carried the first run's conversation
+    longest = {
+        "claude": max(len(r.body.get("messages", [])) for r in fake.model_requests()),
+        "codex": max(len(r.body.get("input", [])) for r in fake.model_requests()),
+        "gemini": max(len(r.body.get("contents", [])) for r in fake.model_requests()),
+    }
+    assert longest["claude"] >= 5 and longest["codex"] >= 6 and longest["gemini"] >= 5, longest
+    assert not agent_pids(data / "agent-homes")
+
+
+async def _unused() -> None:  # keeps asyncio imported for the fault tests below
+    await asyncio.sleep(0)
