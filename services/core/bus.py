@@ -536,6 +536,9 @@ class ConsumerLoop(Generic[M]):
         stopping: asyncio.Event,
     ) -> None:
         await self._slots.acquire()
+        if stopping.is_set():  # asked to stop while every slot was busy: take nothing more
+            self._slots.release()
+            return
         free = 1
         while free < self._reg.concurrency and not self._slots.locked():
             await self._slots.acquire()

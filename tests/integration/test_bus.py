@@ -193,3 +193,38 @@ async def test_poison_message_is_dead_lettered_and_removed(bus: Bus, tmp_path: P
     decoded = [raw for raw in reasons if raw != b"{not json"]
     assert msgspec.json.decode(decoded[0])["n"] == 9
     assert b"{not json" in reasons
+
+
+async def test_sigterm_drains_in_flight_work_before_exit(
+    nats_server: NatsServer, bus: Bus, tmp_path: Path
+) -> None:
+    """A worker told to stop finishes (and acks) what it holds, fetches nothing more."""
+    await bus.ensure_consumer(ping_spec(max_ack_pending=4, ack_wait_seconds=5.0))
+    out = tmp_path / "drain.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.pingworker", nats_server.url, str(out), "1", "2.0"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == b"ready"
+        await bus.publish(Ping(n=1))
+        await wait_for(lambda: bus.consumer_state("ZLOTH_CMD", "test-ping"), timeout=5)
+
+        async def held() -> bool:
+            return (await bus.consumer_state("ZLOTH_CMD", "test-ping"))["ack_pending"] == 1
+
+        await wait_for(held, timeout=10)
+        await bus.publish(Ping(n=2))  # arrives after the stop: must stay queued
+        proc.terminate()
+        assert await asyncio.to_thread(proc.wait, 20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["n"] for r in rows] == [1]  # finished although SIGTERM came mid-handler
+    state = await bus.consumer_state("ZLOTH_CMD", "test-ping")
+    assert state["ack_pending"] == 0  # acked, not left for redelivery
+    assert state["pending"] == 1  # the second one was never taken

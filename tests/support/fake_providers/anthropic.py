@@ -27,8 +27,10 @@ def _last_is_tool_result(body: dict[str, Any]) -> bool:
 
 
 def _cwd(body: dict[str, Any]) -> str:
-    match = _CWD.search(json.dumps(body).replace("\\n", "\n"))
-    return match.group(1) if match else "."
+    """The latest working directory mentioned: a resumed conversation also holds the
+    previous run's (another workspace, where Claude Code may not write)."""
+    found = _CWD.findall(json.dumps(body).replace("\\n", "\n"))
+    return found[-1] if found else "."
 
 
 def reply(body: dict[str, Any], script: Script) -> list[Event]:
