@@ -137,7 +137,7 @@ class Bus:
 
         try:
             nc = await nats.connect(
-                servers=[url],
+                servers=[part.strip() for part in url.split(",") if part.strip()],
                 name=name,
                 connect_timeout=connect_timeout,
                 max_reconnect_attempts=-1,
@@ -167,7 +167,9 @@ class Bus:
 
     # -- provisioning -------------------------------------------------------------------
 
-    async def ensure_stream(self, spec: StreamSpec, *, owner: bool = True) -> None:
+    async def ensure_stream(
+        self, spec: StreamSpec, *, owner: bool = True, replicas: int = 1
+    ) -> None:
         """Create the stream; update an existing one only from its owning service, so two
         versions during a rollout do not fight over its config."""
         config = api.StreamConfig(
@@ -181,6 +183,7 @@ class Bus:
             discard=api.DiscardPolicy.NEW if spec.discard_new else api.DiscardPolicy.OLD,
             duplicate_window=spec.duplicate_window_seconds,
             storage=api.StorageType.FILE,
+            num_replicas=replicas,  # 3 on a NATS cluster (R3), 1 on a single server
             allow_msg_ttl=spec.allow_msg_ttl or None,
         )
         try:

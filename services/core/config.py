@@ -27,6 +27,7 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     log_format: str = "auto"  # json | console | auto (console when a terminal is attached)
     log_level: str = "info"
     instance_id: str = ""  # empty: hostname-pid
+    stream_replicas: int = 1  # 3 for R3 streams on a three-node NATS cluster
     tracing: bool = False  # OpenTelemetry over OTLP (OTEL_EXPORTER_OTLP_* say where)
 
     def __post_init__(self) -> None:

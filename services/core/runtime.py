@@ -78,15 +78,15 @@ async def start_units(
         store = await open_store(settings, unit.name, unit.package)
         stores.append(store)
         service = await unit.build(Deps(bus=bus, store=store, instance_id=instance_id(settings)))
-        await provision(bus, service)
+        await provision(bus, service, settings.stream_replicas)
         services.append(service)
     return services, stores
 
 
-async def provision(bus: Bus, service: Service) -> None:
+async def provision(bus: Bus, service: Service, replicas: int = 1) -> None:
     owned = {spec.name for spec in service.owned_streams}
     for spec in ALL_STREAMS:
-        await bus.ensure_stream(spec, owner=spec.name in owned)
+        await bus.ensure_stream(spec, owner=spec.name in owned, replicas=replicas)
     for bucket in service.buckets:
         await bus.ensure_bucket(bucket)
     for registration in service.consumers:

@@ -5,13 +5,14 @@ follow-up resumes the session. Skipped only when the CLIs are not installed."""
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from pathlib import Path
 
 import httpx
 import pytest
 
 from services.core.natsd import NatsServer
-from tests.support.fake_providers import FakeProvider
+from tests.support.fake_providers import FakeProvider, Fault
 from tests.support.fake_providers.clis import (
     CLIS,
     agent_pids,
@@ -21,7 +22,7 @@ from tests.support.fake_providers.clis import (
     write_executors,
 )
 from tests.support.gitrepo import git, make_origin
-from tests.support.stack import inprocess_stack, wait_for_executors, wait_run
+from tests.support.stack import free_port, inprocess_stack, wait_for_executors, wait_run
 
 pytestmark = pytest.mark.skipif(
     bool(missing_clis()), reason=f"agent CLIs not installed (scripts/install-agents): "
@@ -87,5 +88,46 @@ async def test_each_cli_edits_commits_and_resumes_its_session(
     assert not agent_pids(data / "agent-homes")
 
 
-async def _unused() -> None:  # keeps asyncio imported for the fault tests below
-    await asyncio.sleep(0)
+FAULTS = {"e400": Fault(status=400), "e429": Fault(status=429, retry_after=1),
+          "e500": Fault(status=500), "down": None, "hang": Fault(hang=True)}
+IDLE = 10.0
+WALL = 45.0
+
+
+async def test_provider_faults_end_failed_with_a_reason_and_no_process_left(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """400 / 429 / 500 / unreachable / hung provider, for each CLI at once: every run
+    ends failed within its timeout, saying why, and none of its processes is left."""
+    origin = make_origin(tmp_path / "origin", files=3, commits=1)
+    data = tmp_path / "data"
+    fakes = {name: FakeProvider(fault=fault).start() for name, fault in FAULTS.items()
+             if fault is not None}
+    urls = {name: fake.url for name, fake in fakes.items()}
+    urls["down"] = f"http://127.0.0.1:{free_port()}"  # nobody listens there
+    specs = [cli_spec(cli, urls[fault], name=f"{cli}-{fault}", idle_timeout_seconds=IDLE,
+                      timeout_seconds=WALL) for cli in CLIS for fault in FAULTS]
+    try:
+        executors = write_executors(tmp_path / "executors.json", specs)
+        async with inprocess_stack(nats_server.url, data,
+                                   ZLOTH_EXECUTORS_FILE=str(executors)) as client:
+            await wait_for_executors(client, tuple(s.name for s in specs))
+            task = await new_task(client, origin)
+            runs = await post_message(client, task, [s.name for s in specs], "Edit a file")
+            done = {str(r["executor"]): await wait_run(client, str(r["id"]), TERMINAL,
+                                                       WALL + 30) for r in runs}
+        await wait_no_agents(data / "agent-homes")
+    finally:
+        for fake in fakes.values():
+            fake.stop()
+    for name, run in done.items():
+        assert run["state"] == "failed", (name, run["state"], run.get("reason"))
+        assert run["reason"], name
+        assert not run["commit_sha"], name
+        elapsed = (datetime.fromisoformat(str(run["finished_at"]))
+                   - datetime.fromisoformat(str(run["agent_started_at"]))).total_seconds()
+        assert elapsed < WALL + 5, (name, elapsed)
+    for cli in CLIS:  # a 400 is final: the CLI says so itself, well before any timeout
+        assert "400" in str(done[f"{cli}-e400"]["reason"]), done[f"{cli}-e400"]["reason"]
+        assert "no output" in str(done[f"{cli}-hang"]["reason"]), done[f"{cli}-hang"]["reason"]
+    print({name: run["reason"] for name, run in done.items()})

@@ -25,7 +25,7 @@ from services.core.llm.cache import KeyedLocks, OutputCache
 from services.core.llm.errors import DeadlineExceeded, LLMError, ProviderFailed, ProviderRejected
 from services.core.llm.google import Google
 from services.core.llm.openai import OpenAI
-from services.core.llm.ratelimit import Limiter
+from services.core.llm.ratelimit import Grant, Limiter
 from services.core.llm.request import Request, Response, cache_key
 from services.core.llm.secrets import Secret
 from services.core.llm.settings import LLMSettings
@@ -187,14 +187,14 @@ class LLMClient:
                 exchange = await self._transport.send(
                     call.adapter, call.request, self._s.provider(provider), call.key)
             except Transient as exc:
-                self._account(limiter, exc, provider)
+                self._account(limiter, grant, exc, provider)
                 raise
             except Refused:
                 metrics.llm_requests_total.labels(provider, "rejected").inc()
                 raise
             finally:
                 metrics.llm_latency.labels(provider).observe(time.monotonic() - started)
-            limiter.observe(exchange.rate)
+            limiter.observe(exchange.rate, grant)
             usage = exchange.completion.usage
             limiter.settle(grant, usage.input + usage.output)
         metrics.llm_requests_total.labels(provider, "ok").inc()
@@ -202,9 +202,9 @@ class LLMClient:
         metrics.llm_tokens_total.labels(provider, "output").inc(usage.output)
         return exchange.completion
 
-    def _account(self, limiter: Limiter, exc: Transient, provider: str) -> None:
+    def _account(self, limiter: Limiter, grant: Grant, exc: Transient, provider: str) -> None:
         metrics.llm_requests_total.labels(provider, exc.kind).inc()
-        limiter.observe(exc.rate)
+        limiter.observe(exc.rate, grant)
         if exc.retry_after is not None:
             limiter.pause(exc.retry_after)  # every caller in this process waits, not just us
 

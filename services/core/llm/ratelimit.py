@@ -28,8 +28,9 @@ from services.core.llm.wire import RateInfo
 
 @dataclass
 class Grant:
-    """One admitted request: when it started, its token charge, how long it waited."""
+    """One admitted request: its order, when it started, its token charge, its wait."""
 
+    seq: int
     at: float
     tokens: int
     waited: float
@@ -58,8 +59,9 @@ class Limiter:
         self._level = self._burst
         self._level_at = clock()
         self._pause_until = 0.0
-        self.in_flight = 0
-        self._in_flight_tokens = 0
+        self._seq = 0
+        self._live: dict[int, Grant] = {}  # in flight, by seq
+        self._newest_seen = -1
 
     @asynccontextmanager
     async def admit(self, tokens: int) -> AsyncIterator[Grant]:
@@ -68,13 +70,15 @@ class Limiter:
         # would start later than the limiter recorded, and break the window guarantee.
         async with self._slots:
             grant = await self._take(min(tokens, self._tpm) if self._tpm else tokens)
-            self.in_flight += 1
-            self._in_flight_tokens += grant.tokens
+            self._live[grant.seq] = grant
             try:
                 yield grant
             finally:
-                self.in_flight -= 1
-                self._in_flight_tokens -= grant.tokens
+                del self._live[grant.seq]
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._live)
 
     def settle(self, grant: Grant, tokens: int) -> None:
         """Replace the estimate with the tokens the provider counted."""
@@ -84,17 +88,21 @@ class Limiter:
         """Nobody in this process sends to the provider for `seconds` (its Retry-After)."""
         self._pause_until = max(self._pause_until, self._clock() + seconds)
 
-    def observe(self, rate: RateInfo) -> None:
-        """Pause until the provider's reset when its remaining budget would not cover the
-        requests already in flight (they count against it when they arrive)."""
-        if not self._respect_headers:
+    def observe(self, rate: RateInfo, grant: Grant) -> None:
+        """Pause until the provider's reset when the budget left after `grant` does not
+        exceed what was sent after it (those requests count against it as they arrive).
+
+        Answers can overtake each other: a view older than one already seen is ignored,
+        on the assumption that the provider counts requests in the order they started."""
+        if not self._respect_headers or grant.seq < self._newest_seen:
             return
-        others = self.in_flight - 1  # called by a request that is still in flight
+        self._newest_seen = grant.seq
+        later = [g for seq, g in self._live.items() if seq > grant.seq]
         requests, tokens = rate.remaining_requests, rate.remaining_tokens
-        if requests is not None and rate.requests_reset is not None and requests <= others:
+        if requests is not None and rate.requests_reset is not None and requests <= len(later):
             self.pause(rate.requests_reset)
-        if tokens is not None and rate.tokens_reset is not None and tokens <= max(
-            0, self._in_flight_tokens
+        if tokens is not None and rate.tokens_reset is not None and tokens <= sum(
+            g.tokens for g in later
         ):
             self.pause(rate.tokens_reset)
 
@@ -104,7 +112,8 @@ class Limiter:
             while (delay := self._delay(self._clock(), tokens)) > 0:
                 await self._sleep(delay)
             now = self._clock()
-            grant = Grant(at=now, tokens=tokens, waited=now - started)
+            grant = Grant(seq=self._seq, at=now, tokens=tokens, waited=now - started)
+            self._seq += 1
             if self._rpm:
                 self._starts.append(now)
                 self._level -= 1.0
