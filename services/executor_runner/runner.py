@@ -115,6 +115,8 @@ class Runner:
                 extracted = None
                 if stream == "stdout":
                     kind, text, extracted = adapter.parse(text)
+                else:
+                    adapter.observe_stderr(text)
                 await logs.add(kind, text)
                 if extracted is not None:
                     result = merge_result(result, extracted)

@@ -97,8 +97,11 @@ class WarmPool:
         """The filler: a round when woken (a workspace taken, a run ended) or every `every` s."""
         while not stopping.is_set():
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(every):
-                    await self.wake.wait()
+                async with asyncio.timeout(every), asyncio.TaskGroup() as group:
+                    woken = group.create_task(self.wake.wait())
+                    stop = group.create_task(stopping.wait())
+                    woken.add_done_callback(lambda _: stop.cancel())
+                    stop.add_done_callback(lambda _: woken.cancel())
             self.wake.clear()
             if stopping.is_set():
                 return

@@ -83,7 +83,8 @@ async def inprocess_stack(
             await task
 
 
-async def wait_for_executors(client: httpx.AsyncClient, names: tuple[str, ...] = ("demo-a",)
+async def wait_for_executors(client: httpx.AsyncClient,
+                             names: tuple[str, ...] = ("demo-a", "demo-b", "demo-c")
                              ) -> None:
     async with asyncio.timeout(20):
         while True:

@@ -28,12 +28,38 @@ from services.core.llm.wire import RateInfo
 
 @dataclass
 class Grant:
-    """One admitted request: its order, when it started, its token charge, its wait."""
+    """One admitted request: when it started, its token charge, how long it waited."""
 
-    seq: int
     at: float
     tokens: int
     waited: float
+
+
+@dataclass
+class _Budget:
+    """What the provider's last word still allows us to send until `until` (monotonic).
+
+    Each answer sets it to remaining − what is already in flight (in flight may already
+    be counted, so this errs low), never above what an earlier answer of the same period
+    allowed: answers overtake each other, and an older one is more optimistic. Every
+    request started afterwards spends from it."""
+
+    left: float = 0.0
+    until: float = 0.0
+
+    def narrow(self, remaining: float, committed: float, reset: float, now: float) -> None:
+        left = remaining - committed
+        if self.until <= now:
+            self.left, self.until = left, now + reset
+        else:
+            self.left, self.until = min(self.left, left), max(self.until, now + reset)
+
+    def blocks(self, need: float, now: float) -> float:
+        return self.until - now if self.until > now and self.left < need else 0.0
+
+    def spend(self, amount: float, now: float) -> None:
+        if self.until > now:
+            self.left -= amount
 
 
 class Limiter:
@@ -59,9 +85,9 @@ class Limiter:
         self._level = self._burst
         self._level_at = clock()
         self._pause_until = 0.0
-        self._seq = 0
-        self._live: dict[int, Grant] = {}  # in flight, by seq
-        self._newest_seen = -1
+        self._live: list[Grant] = []  # in flight
+        self._requests_left = _Budget()
+        self._tokens_left = _Budget()
 
     @asynccontextmanager
     async def admit(self, tokens: int) -> AsyncIterator[Grant]:
@@ -70,11 +96,11 @@ class Limiter:
         # would start later than the limiter recorded, and break the window guarantee.
         async with self._slots:
             grant = await self._take(min(tokens, self._tpm) if self._tpm else tokens)
-            self._live[grant.seq] = grant
+            self._live.append(grant)
             try:
                 yield grant
             finally:
-                del self._live[grant.seq]
+                self._live.remove(grant)
 
     @property
     def in_flight(self) -> int:
@@ -89,22 +115,18 @@ class Limiter:
         self._pause_until = max(self._pause_until, self._clock() + seconds)
 
     def observe(self, rate: RateInfo, grant: Grant) -> None:
-        """Pause until the provider's reset when the budget left after `grant` does not
-        exceed what was sent after it (those requests count against it as they arrive).
-
-        Answers can overtake each other: a view older than one already seen is ignored,
-        on the assumption that the provider counts requests in the order they started."""
-        if not self._respect_headers or grant.seq < self._newest_seen:
+        """Take the provider's remaining budget and reset (its rate-limit headers on the
+        answer to `grant`) into account, so the request that would get a 429 waits."""
+        if not self._respect_headers:
             return
-        self._newest_seen = grant.seq
-        later = [g for seq, g in self._live.items() if seq > grant.seq]
-        requests, tokens = rate.remaining_requests, rate.remaining_tokens
-        if requests is not None and rate.requests_reset is not None and requests <= len(later):
-            self.pause(rate.requests_reset)
-        if tokens is not None and rate.tokens_reset is not None and tokens <= sum(
-            g.tokens for g in later
-        ):
-            self.pause(rate.tokens_reset)
+        now = self._clock()
+        others = [g for g in self._live if g is not grant]
+        if rate.remaining_requests is not None and rate.requests_reset is not None:
+            self._requests_left.narrow(rate.remaining_requests, len(others),
+                                       rate.requests_reset, now)
+        if rate.remaining_tokens is not None and rate.tokens_reset is not None:
+            self._tokens_left.narrow(rate.remaining_tokens, sum(g.tokens for g in others),
+                                     rate.tokens_reset, now)
 
     async def _take(self, tokens: int) -> Grant:
         started = self._clock()
@@ -112,8 +134,9 @@ class Limiter:
             while (delay := self._delay(self._clock(), tokens)) > 0:
                 await self._sleep(delay)
             now = self._clock()
-            grant = Grant(seq=self._seq, at=now, tokens=tokens, waited=now - started)
-            self._seq += 1
+            grant = Grant(at=now, tokens=tokens, waited=now - started)
+            self._requests_left.spend(1, now)
+            self._tokens_left.spend(tokens, now)
             if self._rpm:
                 self._starts.append(now)
                 self._level -= 1.0
@@ -122,7 +145,8 @@ class Limiter:
             return grant
 
     def _delay(self, now: float, tokens: int) -> float:
-        delay = self._pause_until - now
+        delay = max(self._pause_until - now, self._requests_left.blocks(1, now),
+                    self._tokens_left.blocks(tokens, now))
         horizon = now - self._window
         if self._rpm:
             while self._starts and self._starts[0] <= horizon:

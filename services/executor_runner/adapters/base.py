@@ -84,6 +84,9 @@ class Adapter:
     def parse(self, text: str) -> Parsed:
         return parse_line(self.spec, text)
 
+    def observe_stderr(self, text: str) -> None:
+        """A stderr line (logged as is): some CLIs only report retries there."""
+
     def check(
         self, outcome: ProcessOutcome, result: AgentResult | None, paths: RunPaths
     ) -> ProcessOutcome:
@@ -92,8 +95,10 @@ class Adapter:
         fatal = result.error if result else None
         if outcome.outcome == "canceled":
             return outcome
-        if fatal is not None and outcome.outcome == "succeeded":
-            return fail(outcome, f"{self.spec.name}: {fatal}")
+        if fatal is not None and outcome.outcome in ("succeeded", "failed"):
+            # the agent's own words beat an exit code and its last stderr line
+            code = f" (exit code {outcome.exit_code})" if outcome.exit_code else ""
+            return fail(outcome, f"{self.spec.name}: {fatal}{code}")
         error = fatal or self.last_error
         if outcome.outcome == "succeeded" or error is None:
             return outcome

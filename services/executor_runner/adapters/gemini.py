@@ -11,6 +11,7 @@ restored one is re-pointed at this run's workspace (checked in 0.61.0's ProjectR
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ SETTINGS = {
     "general": {"disableAutoUpdate": True, "disableUpdateNag": True},
 }
 _USAGE_KEYS = ("input_tokens", "output_tokens", "total_tokens", "cached")
+# its silent retries (HTTP 429 / 5xx) are only said on stderr
+_RETRY = re.compile(r"Attempt \d+ failed with status \d+")
 
 
 class GeminiAdapter(Adapter):
@@ -42,6 +45,10 @@ class GeminiAdapter(Adapter):
         (gemini / "settings.json").write_text(json.dumps(SETTINGS), encoding="utf-8")
         if session:
             _adopt_project(gemini / "tmp", paths.workspace)
+
+    def observe_stderr(self, text: str) -> None:
+        if match := _RETRY.search(text):
+            self.last_error = match.group(0)
 
     def parse(self, text: str) -> Parsed:
         try:
