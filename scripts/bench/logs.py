@@ -56,35 +56,42 @@ HOST_BUSY = "whole_host"
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; = SCM_TIMESTAMPNS
 
 NOTES = [
-    "Latency = CLOCK_MONOTONIC at the client when the bytes completing the SSE event are "
-    "handed to it (asyncio Protocol.data_received, before any parsing) minus the time "
-    "embedded in the line right before LogBatcher.add(). CLOCK_MONOTONIC is system-wide "
-    "on Linux, so the two processes' clocks agree.",
+    "Latency (p50_ms..max_ms) = the kernel's receive timestamp (SO_TIMESTAMPNS) of the read "
+    "that completed the SSE event at the client's socket, minus the time (time.time_ns) "
+    "put in the line right before LogBatcher.add(); both CLOCK_REALTIME on one host. "
+    "received_by_client_process is the same up to when the client process's read returned: "
+    "it adds the client's own scheduling on this shared host (breakdown."
+    "client_socket_to_client_read), which a browser elsewhere would not share with the "
+    "relay. client_process.events_read_before_arrival (must be 0) checks the two stamps.",
     "It INCLUDES the runner's batching: a chunk closes max_delay=100 ms after its first "
-    "line (or at ~64 KiB, never reached at this rate), so a line waits 0-100 ms in the "
-    "batcher, ~50 ms at the median; see breakdown.write_to_publish. Then: JetStream publish "
-    "(file store) → the relay's shared ordered-consumer feed → render once → per-client "
-    "mailbox → uvicorn chunked write → loopback TCP → client. breakdown.publish_to_receipt "
-    "is that part alone (chunk publish start → receipt, per chunk per client).",
+    "line (or at ~64 KiB, not reached at this rate), so a line waits 0-100 ms in the "
+    "batcher, ~50 ms at the median (breakdown.write_to_publish). Then: JetStream publish "
+    "(file store) → the relay's shared ordered-consumer feed → render once → each "
+    "client's mailbox → its response task → uvicorn chunked write → loopback TCP. "
+    "breakdown.publish_to_client_socket is that part alone (chunk publish start → arrival, "
+    "per chunk per client): the relay's share, with NATS.",
     "It EXCLUDES the agent process → runner pipe and the adapter's line parsing "
-    "(executor_runner/process.py): the producer calls LogBatcher.add directly.",
-    "Clients run in a second process (raw asyncio Protocol, chunked decoding, a regex for "
-    "the stamps), so that parsing 200 clients' frames cannot delay the producer's "
-    "batching timer or its publishes; the timestamp is taken at data_received, parsing "
-    "is deferred with call_soon, so one client's parsing does not delay the next one's "
-    "timestamp in the same loop iteration. client_process.loop_lag_ms reports that "
-    "process's own event-loop lag (a 5 ms ticker's overshoot), an upper bound on what it "
-    "adds to a sample.",
-    "Samples: every line at every client (not sampled): lines × clients.",
+    "(executor_runner/process.py): the producer calls LogBatcher.add directly, with the "
+    "same emit as executor-runner (bus.publish of each chunk).",
+    "Clients run in a second process (non-blocking sockets, chunked decoding, a regex for "
+    "the stamps), so parsing 200 clients' frames cannot delay the producer's batching "
+    "timer or its publishes; each read is stamped before any parsing (deferred with "
+    "call_soon). client_process.loop_lag_ms is that process's event-loop lag (a 5 ms "
+    "ticker's overshoot).",
+    "Samples: every line at every client, none sampled out (lines × clients).",
     "CPU: utime+stime of the process (all threads) from /proc/<pid>/stat (10 ms ticks) "
     "over the steady window: from `warmup` s after the first line to the last line "
-    "written (the final chunk and the archiving it triggers are outside it; the next "
-    "scenario starts after the archive is written). relay_cpu_per_1000_lines_per_s = "
-    "CPU s/s ÷ (lines/s ÷ 1000); *_net_of_idle subtracts the idle baseline. "
-    "cpu_seconds_per_second shows every process on this 2-core host in the same window: "
-    "when their sum nears 2, the processes queue for CPU and latency includes that.",
+    "written (the final chunk and the archiving it triggers fall outside; the next "
+    "scenario starts once the archive is written). relay_cpu_per_1000_lines_per_s = "
+    "CPU s/s ÷ (lines/s in the window ÷ 1000); *_net_of_idle subtracts the idle baseline "
+    "(same window length, relay up, no clients, no traffic).",
+    "The host is shared: cpu_seconds_per_second has every process of this benchmark, the "
+    "whole host and everything else (other_processes) over the same window, and "
+    "runqueue_wait_seconds_per_second how long each event-loop thread waited for a CPU "
+    "(/proc/<pid>/schedstat). When the host is busy, latency (the tails above all) "
+    "includes that wait: compare runs with it in view, not bare.",
     "relay_rss_mb_peak: VmHWM of the relay after resetting it (/proc/<pid>/clear_refs) "
-    "when the scenario's clients were attached, read after they all got their end event.",
+    "once the scenario's clients were attached, read after they all got their end event.",
 ]
 
 
@@ -481,9 +488,9 @@ class Relay:
                     return
                 await asyncio.sleep(0.1)
 
-    def log_tail(self) -> str:
+    def log_tail(self, chars: int = 2000) -> str:
         try:
-            return self.log.read_text(errors="replace")[-2000:]
+            return self.log.read_text(errors="replace")[-chars:]
         except OSError:
             return ""
 
@@ -498,6 +505,22 @@ class Relay:
                 self.proc.kill()
                 await self.proc.wait()
 
+    def problems(self) -> dict[str, Any]:
+        """What the relay logged at warning or above (it logs JSON at level warning), and
+        any other output (a traceback); with its exit code after SIGTERM."""
+        found: list[str] = []
+        for line in self.log_tail(1 << 20).splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                found.append(line[:300])
+                continue
+            if isinstance(record, dict) and record.get("level") in ("warning", "error",
+                                                                    "critical"):
+                found.append(json.dumps(record)[:300])
+        return {"exit_code": self.proc.returncode, "log_lines_at_warning_or_above":
+                len(found), "first": found[:5]}
+
 
 # -- the producer ----------------------------------------------------------------------------
 
@@ -510,6 +533,7 @@ class Produced:
     batching: array[int] = field(default_factory=lambda: array("q"))  # write → publish start
     publish_ack: array[int] = field(default_factory=lambda: array("q"))
     max_late_ns: int = 0  # the writer's worst lag behind its schedule
+    window_lines: int = 0  # lines written inside the CPU window
     cpu: CpuProbe | None = None
 
 
@@ -544,6 +568,7 @@ async def produce(bus: Bus, run_id: str, rate: float, seconds: float, warmup: fl
             await logs.add("stdout", head + filler[:max(0, LINE_BYTES - len(head))])
             out.lines += 1
         probe.stop()
+        out.window_lines = total - steady_from
     # The run's end, as the scheduler publishes it once the run is terminal.
     await bus.publish(LogChunk(run_id=run_id, attempt=1, seq=0, final=True, state="succeeded"))
     return out
@@ -630,7 +655,7 @@ def report(ctx: Context, clients: int, produced: Produced, summary: dict[str, An
     to_socket = [arrived - produced.emitted_at[i] for i, arrived, _ in frames
                  if i in produced.emitted_at]
     read_delay = [read_at - arrived for _, arrived, read_at in frames]
-    lines_per_s = ctx.rate  # the schedule's rate; the window covers whole lines only
+    lines_per_s = produced.window_lines / probe.window
     cpu = probe.per_second("relay")
     return {
         "clients": clients,
@@ -650,6 +675,7 @@ def report(ctx: Context, clients: int, produced: Produced, summary: dict[str, An
             round((cpu - ctx.idle_cpu_per_s) / (lines_per_s / 1000), 4),
         "relay_rss_mb_peak": round(rss_peak_kb / 1024, 1),
         "steady_window_s": round(probe.window, 2),
+        "lines_per_s_in_window": round(lines_per_s, 1),
         "cpu_seconds_per_second": probe.table(),
         "chunks": produced.chunks,
         "lines_per_chunk_mean": round(produced.lines / max(1, produced.chunks), 1),
@@ -703,6 +729,7 @@ async def main(rate: float, seconds: float, warmup: float, many: int) -> dict[st
                     await bus.close()
             finally:
                 await relay.stop()
+                relay_problems = relay.problems()
         finally:
             await server.stop()
     return {
@@ -720,6 +747,7 @@ async def main(rate: float, seconds: float, warmup: float, many: int) -> dict[st
         f"ratio_{many}_over_1_clients_publish_to_client_socket":
             _ratio(lots["breakdown"]["publish_to_client_socket"],
                    one["breakdown"]["publish_to_client_socket"]),
+        "relay_process": relay_problems,
         "wall_seconds": round(time.monotonic() - began, 1),
         "notes": NOTES,
     }

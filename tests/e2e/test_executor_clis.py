@@ -92,7 +92,7 @@ FAULTS = {"e400": Fault(status=400), "e429": Fault(status=429, retry_after=1),
           "e500": Fault(status=500), "down": None, "hang": Fault(hang=True)}
 # generous: 15 CLIs start at once on a small CI machine, and Gemini CLI starts slowly
 IDLE = 20.0
-WALL = 60.0
+WALL = 30.0
 
 
 async def test_provider_faults_end_failed_with_a_reason_and_no_process_left(
@@ -133,4 +133,5 @@ async def test_provider_faults_end_failed_with_a_reason_and_no_process_left(
         assert elapsed < WALL + 5, (name, elapsed)
     for cli in CLIS:  # a 400 is final: the CLI says so itself, well before any timeout
         assert "400" in str(done[f"{cli}-e400"]["reason"]), done[f"{cli}-e400"]["reason"]
-        assert "no output" in str(done[f"{cli}-hang"]["reason"]), done[f"{cli}-hang"]["reason"]
+        hang = str(done[f"{cli}-hang"]["reason"])
+        assert hang.startswith(("no output", "wall-clock timeout")), hang
