@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from schemas.logs import LogChunk  # noqa: E402
 from services.core.bus import Bus  # noqa: E402
+from services.core.entry import run_loop  # noqa: E402
 from services.core.natsd import NatsServer  # noqa: E402
 from services.core.telemetry import configure_logging  # noqa: E402
 from services.executor_runner.logbatch import LogBatcher  # noqa: E402
@@ -53,6 +54,8 @@ STAMP = re.compile(rb"wt=(\d+);")
 LINE_BYTES = 120  # a typical agent output line
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 HOST_BUSY = "whole_host"
+HOST_STEAL = "host_steal"  # CPU time the hypervisor gave to other guests
+HOST_PRESSURE = "host_cpu_pressure_some"  # share of the time some task waited for a CPU
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; = SCM_TIMESTAMPNS
 
 NOTES = [
@@ -62,14 +65,18 @@ NOTES = [
     "received_by_client_process is the same up to when the client process's read returned: "
     "it adds the client's own scheduling on this shared host (breakdown."
     "client_socket_to_client_read), which a browser elsewhere would not share with the "
-    "relay. client_process.events_read_before_arrival (must be 0) checks the two stamps.",
+    "relay. client_process.events_read_before_arrival (must be 0) checks the two stamps. "
+    "Caveat: a client process stalled long enough to fill its socket's receive buffer "
+    "holds back the relay's sends (TCP flow control), so such a stall still shows in "
+    "arrival times; client_process.loop_lag_ms.max flags one.",
     "It INCLUDES the runner's batching: a chunk closes max_delay=100 ms after its first "
     "line (or at ~64 KiB, not reached at this rate), so a line waits 0-100 ms in the "
     "batcher, ~50 ms at the median (breakdown.write_to_publish). Then: JetStream publish "
     "(file store) → the relay's shared ordered-consumer feed → render once → each "
     "client's mailbox → its response task → uvicorn chunked write → loopback TCP. "
     "breakdown.publish_to_client_socket is that part alone (chunk publish start → arrival, "
-    "per chunk per client): the relay's share, with NATS.",
+    "per chunk per client): the relay's share, with NATS; ..._p50_ms_by_second is its "
+    "median per second of the run (by publish time), to tell a steady cost from a stall.",
     "It EXCLUDES the agent process → runner pipe and the adapter's line parsing "
     "(executor_runner/process.py): the producer calls LogBatcher.add directly, with the "
     "same emit as executor-runner (bus.publish of each chunk).",
@@ -86,7 +93,9 @@ NOTES = [
     "CPU s/s ÷ (lines/s in the window ÷ 1000); *_net_of_idle subtracts the idle baseline "
     "(same window length, relay up, no clients, no traffic).",
     "The host is shared: cpu_seconds_per_second has every process of this benchmark, the "
-    "whole host and everything else (other_processes) over the same window, and "
+    "whole host and everything else (other_processes) over the same window, the CPU the "
+    "hypervisor stole (host_steal, /proc/stat), the share of the window in which some "
+    "task waited for a CPU (host_cpu_pressure_some, /proc/pressure/cpu), and "
     "runqueue_wait_seconds_per_second how long each event-loop thread waited for a CPU "
     "(/proc/<pid>/schedstat). When the host is busy, latency (the tails above all) "
     "includes that wait: compare runs with it in view, not bare.",
@@ -105,10 +114,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def host_busy_seconds() -> float:
-    """CPU seconds the whole host spent busy (all CPUs; idle and iowait excluded)."""
+def host_seconds() -> dict[str, float]:
+    """Whole-host CPU seconds (all CPUs): busy (idle, iowait and steal excluded), stolen by
+    the hypervisor, and how long some task waited for a CPU (PSI, where the kernel has it)."""
     ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / CLK_TCK
+    steal = ticks[7] / CLK_TCK
+    found = {HOST_BUSY: (sum(ticks) - ticks[3] - ticks[4] - ticks[7]) / CLK_TCK,
+             HOST_STEAL: steal}
+    try:
+        some = Path("/proc/pressure/cpu").read_text().split("\n", 1)[0]
+        found[HOST_PRESSURE] = int(some.rsplit("total=", 1)[1]) / 1e6
+    except (OSError, IndexError, ValueError):
+        pass
+    return found
 
 
 def runqueue_wait_seconds(pid: int) -> float:
@@ -146,13 +164,13 @@ class CpuProbe:
     def start(self) -> None:
         self.t0 = time.monotonic()
         self.began = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
-        self.began[HOST_BUSY] = host_busy_seconds()
+        self.began.update(host_seconds())
         self.waits_began = self._waits()
 
     def stop(self) -> None:
         self.t1 = time.monotonic()
         self.ended = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
-        self.ended[HOST_BUSY] = host_busy_seconds()
+        self.ended.update(host_seconds())
         self.waits_ended = self._waits()
 
     def _waits(self) -> dict[str, float]:
@@ -167,8 +185,12 @@ class CpuProbe:
         """CPU s/s of each process, of the whole host, and of everything else on it."""
         ours = {name: round(self.per_second(name), 3) for name in self.pids}
         host = round(self.per_second(HOST_BUSY), 3)
-        return {**ours, "whole_host": host,
-                "other_processes": round(max(0.0, host - sum(ours.values())), 3)}
+        table = {**ours, HOST_BUSY: host,
+                 "other_processes": round(max(0.0, host - sum(ours.values())), 3),
+                 HOST_STEAL: round(self.per_second(HOST_STEAL), 3)}
+        if HOST_PRESSURE in self.began and HOST_PRESSURE in self.ended:
+            table[HOST_PRESSURE] = round(self.per_second(HOST_PRESSURE), 3)
+        return table
 
     @property
     def window(self) -> float:
@@ -229,7 +251,8 @@ class SseClient:
         self.frame_process = array("q")
         self.lines = 0
         self.unstamped_reads = 0
-        self.ended = False
+        self.ended = False  # got its end event
+        self._closed = False
         self.comments: list[str] = []
 
     async def open(self, port: int) -> None:
@@ -286,15 +309,15 @@ class SseClient:
             del raw[:end + 4]
             self._headers_done = True
             self.opened.set_result(None)
-        while not self.ended:
+        while not self._closed:
             if self._need == 0:
                 eol = raw.find(b"\r\n")
                 if eol < 0:
                     return
                 size = int(raw[:eol].split(b";")[0], 16)
                 del raw[:eol + 2]
-                if size == 0:
-                    self._finish()
+                if size == 0:  # the server ended the response: without an end event?
+                    self._finish(ended=False)
                     return
                 self._need = size + 2
             if len(raw) < self._need:
@@ -331,10 +354,11 @@ class SseClient:
             self.frame_socket.append(arrived)
             self.frame_process.append(read_at)
         elif kind == b"end":
-            self._finish()
+            self._finish(ended=True)
 
-    def _finish(self) -> None:
-        self.ended = True
+    def _finish(self, ended: bool) -> None:
+        self.ended = self.ended or ended
+        self._closed = True
         if not self.done.done():
             self.done.set_result(None)
         self.close()
@@ -655,6 +679,13 @@ def report(ctx: Context, clients: int, produced: Produced, summary: dict[str, An
     to_socket = [arrived - produced.emitted_at[i] for i, arrived, _ in frames
                  if i in produced.emitted_at]
     read_delay = [read_at - arrived for _, arrived, read_at in frames]
+    first = min(produced.emitted_at.values(), default=0)
+    by_second: dict[int, list[int]] = {}
+    for i, arrived, _ in frames:
+        if i in produced.emitted_at:
+            second = (produced.emitted_at[i] - first) // 1_000_000_000
+            by_second.setdefault(second, []).append(arrived - produced.emitted_at[i])
+    trend = [round(sorted(v)[len(v) // 2] / 1e6, 1) for _, v in sorted(by_second.items())]
     lines_per_s = produced.window_lines / probe.window
     cpu = probe.per_second("relay")
     return {
@@ -684,6 +715,7 @@ def report(ctx: Context, clients: int, produced: Produced, summary: dict[str, An
             "publish_to_client_socket": percentiles(to_socket),
             "publish_ack": percentiles(produced.publish_ack),
             "client_socket_to_client_read": percentiles(read_delay),
+            "publish_to_client_socket_p50_ms_by_second": trend,
         },
         "per_client_p50_ms": summary["per_client_p50_ms"],
         "per_client_p99_ms": summary["per_client_p99_ms"],
@@ -769,7 +801,8 @@ if __name__ == "__main__":
     parser.add_argument("--timeout", type=float, default=120.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.clients_worker:
-        asyncio.run(clients_main(args.port, args.path, args.clients, args.out, args.timeout))
+        run_loop(lambda: clients_main(args.port, args.path, args.clients, args.out,
+                                      args.timeout))
     else:
         print(json.dumps(asyncio.run(main(args.rate, args.seconds, args.warmup, args.clients)),
                          indent=2))

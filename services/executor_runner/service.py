@@ -25,7 +25,7 @@ from services.executor_runner.executors import (
 from services.executor_runner.process import reap_leftovers
 from services.executor_runner.runner import Runner
 from services.executor_runner.settings import RunnerSettings
-from services.executor_runner.versions import probe
+from services.executor_runner.versions import installed, probe_all
 
 
 def select_executors(settings: RunnerSettings) -> dict[str, ExecutorSpec]:
@@ -48,9 +48,9 @@ async def build(settings: RunnerSettings, deps: Deps) -> Service:
     if reaped:
         get_logger(service=NAME).warning("reaped_leftover_agents", pids=reaped)
     runner = Runner(deps.bus, deps.store, settings, executors, deps.instance_id)
-    found = await asyncio.gather(*(probe(spec) for spec in executors.values()))
-    runner.installed = dict(zip(executors, found, strict=True))
-    missing = [name for name, (installed, _) in runner.installed.items() if not installed]
+    # versions are asked later, by `announce`: a CLI takes seconds to say its version
+    runner.installed = {name: (installed(spec), None) for name, spec in executors.items()}
+    missing = [name for name, (found, _) in runner.installed.items() if not found]
     if missing:  # announced as not installed; their runs wait for a runner that has them
         get_logger(service=NAME).warning("executors_not_installed", executors=missing)
     consumers: list[Consume[Any]] = [
@@ -96,21 +96,22 @@ async def announce(runner: Runner, stopping: asyncio.Event) -> None:
     """Tell the gateway which executors exist, whether their program is installed on the
     runners, and its version (the key is per executor, shared by all runners: a runner
     without the program never overwrites the announcement of one that has it)."""
+    runner.installed = await probe_all(dict(runner.executors))
     while not stopping.is_set():
         for name, spec in runner.executors.items():
-            installed, version = runner.installed.get(name, (False, None))
+            present, version = runner.installed.get(name, (False, None))
             info = {
                 "name": name,
                 "concurrency": spec.concurrency,
                 "output": spec.output,
                 "adapter": spec.adapter,
                 "command": Path(spec.command[0]).name,
-                "installed": installed,
+                "installed": present,
                 "version": version,
                 "pinned_version": spec.version,
                 "runner": runner.runner_id,
             }
-            if not installed and await _installed_elsewhere(runner, name):
+            if not present and await _installed_elsewhere(runner, name):
                 continue
             await runner.bus.kv_put(EXECUTORS_BUCKET.name, name, msgspec.json.encode(info))
         await sleep_or_stop(stopping, runner.settings.announce_seconds)

@@ -12,12 +12,26 @@ import tempfile
 
 from services.executor_runner.executors import ExecutorSpec
 
-__all__ = ["Installed", "probe"]
+__all__ = ["Installed", "installed", "probe", "probe_all"]
 
 _VERSION = re.compile(r"\d+\.\d+\.\d+[0-9A-Za-z.+-]*")
 _TIMEOUT = 30.0
 
 Installed = tuple[bool, str | None]
+
+
+def installed(spec: ExecutorSpec) -> bool:
+    return shutil.which(spec.command[0]) is not None
+
+
+async def probe_all(specs: dict[str, ExecutorSpec]) -> dict[str, Installed]:
+    """`probe` each distinct program once (several executors may share one CLI)."""
+    by_program: dict[tuple[str, str, str | None], list[str]] = {}
+    for name, spec in specs.items():
+        by_program.setdefault((spec.command[0], spec.adapter, spec.version), []).append(name)
+    found = await asyncio.gather(*(probe(specs[names[0]]) for names in by_program.values()))
+    return {name: result for names, result in zip(by_program.values(), found, strict=True)
+            for name in names}
 
 
 async def probe(spec: ExecutorSpec) -> Installed:

@@ -140,6 +140,10 @@ class Janitor:
                 rec = self.factory.records.load(run_id) if held else None
                 if rec is None or rec.removed_at is not None:
                     continue
+                if not (self.root / run_id).is_dir():  # removed behind our back
+                    self.factory.records.save(run_id, msgspec.structs.replace(
+                        rec, removed_at=self._clock()))
+                    continue
                 try:
                     await self.factory.ensure_kept(run_id, rec)
                     (self.root / run_id).rename(dest)

@@ -109,7 +109,7 @@ class MirrorCache:
 
     async def fetch_blobs(self, mirror: Path, sha: str) -> None:
         """In a partial mirror, fetch the blobs of `sha`'s tree it lacks (one request)."""
-        if not (mirror / "objects" / "info").is_dir() or not await _is_partial(mirror):
+        if not _is_partial(mirror):
             return
         listed = await run_git(
             ["rev-list", "--objects", "--no-object-names", "--missing=print", f"{sha}^{{tree}}"],
@@ -260,9 +260,13 @@ def _check_ref(ref: str) -> None:
         raise UnknownRefError(f"not a ref: {ref!r}")
 
 
-async def _is_partial(mirror: Path) -> bool:
-    found = await run_git(["config", "--get", "remote.origin.promisor"], cwd=mirror, check=False)
-    return found.stdout.strip() == "true"
+def _is_partial(mirror: Path) -> bool:
+    """The mirror is a partial clone (read from its config: this is asked per workspace)."""
+    try:
+        text = (mirror / "config").read_text()
+    except OSError:
+        return False
+    return re.search(r"^\s*promisor\s*=\s*true\s*$", text, re.MULTILINE | re.IGNORECASE) is not None
 
 
 def _configured_url(mirror: Path) -> str:

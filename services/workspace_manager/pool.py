@@ -34,6 +34,7 @@ from services.workspace_manager.mirrors import (
     try_host_lock,
 )
 from services.workspace_manager.recycle import RecycleError, recycle, settle, verify_clean
+from services.workspace_manager.refs import read_refs
 
 log = structlog.get_logger(__name__)
 
@@ -96,12 +97,7 @@ class WarmPool:
     async def run(self, detach: Detach, stopping: asyncio.Event, every: float = 5.0) -> None:
         """The filler: a round when woken (a workspace taken, a run ended) or every `every` s."""
         while not stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(every), asyncio.TaskGroup() as group:
-                    woken = group.create_task(self.wake.wait())
-                    stop = group.create_task(stopping.wait())
-                    woken.add_done_callback(lambda _: stop.cancel())
-                    stop.add_done_callback(lambda _: woken.cancel())
+            await _first_of(self.wake, stopping, every)
             self.wake.clear()
             if stopping.is_set():
                 return
@@ -115,32 +111,34 @@ class WarmPool:
         now = self._clock()
         busy = [(r, url) for r, (url, t) in self._busy.items() if now - t < self.idle_seconds]
         parked: list[tuple[Path, Path]] = []
-        for repo_id, url in busy:
-            try:  # the scheduled refresh of a busy repository's mirror
-                await self.mirrors.ensure(repo_id, url, None)
-            except (GitError, ValueError) as exc:
-                log.warning("mirror_refresh_failed", repo_id=repo_id, error=str(exc))
-                continue
-            where = self.repo_dir(repo_id)
-            where.mkdir(parents=True, exist_ok=True)
-            with try_host_lock(where.parent / f"{where.name}.lock") as mine:
-                if not mine:
+        # Each repository's lock is held until its entries are published: the janitor takes
+        # a `.making-` entry of an unlocked repository for a crash's leftover.
+        with contextlib.ExitStack() as held:
+            for repo_id, url in busy:
+                try:  # the scheduled refresh of a busy repository's mirror
+                    await self.mirrors.ensure(repo_id, url, None)
+                except (GitError, ValueError) as exc:
+                    log.warning("mirror_refresh_failed", repo_id=repo_id, error=str(exc))
+                    continue
+                where = self.repo_dir(repo_id)
+                where.mkdir(parents=True, exist_ok=True)
+                if not held.enter_context(try_host_lock(where.parent / f"{where.name}.lock")):
                     continue  # another replica on this host fills this repository
                 for _ in range(self.size - len(self.ready(repo_id))):
                     made = await self._make(repo_id, url, where, detach)
                     if made is not None:
                         parked.append((made, where))
-        started = self._clock()
-        for entry, where in parked:
-            await settle(entry, started)
-            size = await asyncio.to_thread(disk_usage, entry)
-            stamp = f"{int(self._clock() * 1000):014d}-{size}-{secrets.token_hex(3)}"
-            entry.rename(where / f"ready-{stamp}")
+            started = self._clock()
+            for entry, where in parked:
+                await settle(entry, started)
+                size = await asyncio.to_thread(disk_usage, entry)
+                stamp = f"{int(self._clock() * 1000):014d}-{size}-{secrets.token_hex(3)}"
+                entry.rename(where / f"ready-{stamp}")
         return len(parked)
 
     async def _make(self, repo_id: str, url: str, where: Path, detach: Detach) -> Path | None:
         mirror = await self.mirrors.ensure(repo_id, url, None)
-        sha = await resolve(mirror, await default_branch(mirror))
+        sha = await resolve(mirror, read_refs(mirror).head or await default_branch(mirror))
         entry = where / f".making-{os.getpid()}-{secrets.token_hex(4)}"
         kind = "recycled" if await detach(repo_id, entry) else "fresh"
         started = time.monotonic()
@@ -149,7 +147,7 @@ class WarmPool:
             if kind == "recycled":
                 await recycle(entry, mirror, url, sha, self.trash)
             else:
-                await init_gitdir(entry, mirror, url)
+                init_gitdir(entry, mirror, url)
                 await checkout(entry, sha, None)
                 await verify_clean(entry)
         except (GitError, RecycleError, OSError) as exc:
@@ -174,3 +172,14 @@ class WarmPool:
                     if parts[0] == "ready" and len(parts) == 4:
                         found.append((entry, int(parts[1]) / 1000, int(parts[2])))
         return found
+
+
+async def _first_of(a: asyncio.Event, b: asyncio.Event, seconds: float) -> None:
+    """Wait until `a` or `b` is set, at most `seconds`."""
+    waits = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import msgspec
 
-from services.core.git import run_git
 from services.workspace_manager.mirrors import host_lock, try_host_lock
+from services.workspace_manager.refs import valid_branch
 
 # .git files (relative to .git) put back from zloth's copy before each zloth git call.
 TRUSTED_GIT_FILES = (
@@ -159,12 +159,8 @@ def _put_git_file(gitdir: Path, rel: str, content: bytes | None) -> None:
     tmp.replace(target)  # replaces a planted symlink itself, never what it points to
 
 
-async def check_branch(branch: str) -> None:
-    ok = (
-        not branch.startswith("-")
-        and (await run_git(["check-ref-format", f"refs/heads/{branch}"], check=False)).code == 0
-    )
-    if not ok:
+def check_branch(branch: str) -> None:
+    if not valid_branch(branch):
         raise ValueError(f"not a valid branch name: {branch!r}")
 
 

@@ -43,7 +43,7 @@ async def recycle(path: Path, mirror: Path, url: str, sha: str, trash: Path) -> 
         old_git.rename(moved)  # the link or directory itself, never what a link points to
         await remove_tree(moved)
     await asyncio.to_thread(scrub, path)
-    await init_gitdir(path, mirror, url)
+    init_gitdir(path, mirror, url)
     await run_git(["read-tree", sha], cwd=path)
     # Compares the content of every file with the tree (the new index has no stat data):
     # files that match keep their place, the others are rewritten by the checkout below.

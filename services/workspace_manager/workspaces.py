@@ -31,7 +31,13 @@ from services.workspace_manager.commits import (
 )
 from services.workspace_manager.credentials import auth_env, without_credentials
 from services.workspace_manager.followup import locate
-from services.workspace_manager.gitdirs import checkout, init_gitdir, set_sparse, sync_refs
+from services.workspace_manager.gitdirs import (
+    checkout,
+    checkout_new,
+    init_gitdir,
+    set_sparse,
+    sync_refs,
+)
 from services.workspace_manager.mirrors import (
     RUNS_NAMESPACE,
     MirrorCache,
@@ -59,6 +65,7 @@ from services.workspace_manager.records import (
     normalise_sparse,
     read_git_files,
 )
+from services.workspace_manager.refs import RefSnapshot, read_refs
 
 __all__ = ["CommitResult", "Workspace", "WorkspaceError", "WorkspaceFactory"]
 
@@ -107,7 +114,7 @@ class WorkspaceFactory:
         check_run_id(run_id)
         if previous_run_id is not None:
             check_run_id(previous_run_id)
-        await check_branch(branch)
+        check_branch(branch)
         sparse = normalise_sparse(sparse_paths)
         async with self.records.lock(run_id):
             found = await self._existing(run_id, branch, previous_run_id)
@@ -193,7 +200,10 @@ class WorkspaceFactory:
             record = self.records.load(run_id)
             if record is None or record.finished_at is not None or record.removed_at is not None:
                 return False
+            # Measured now rather than when made: off the path a run waits on, and what the
+            # run's workspace came to weigh (its build outputs included).
             size = await asyncio.to_thread(disk_usage, self.root / run_id)
+            git_clone_bytes.labels(kind="workspace").observe(size)
             self.records.save(run_id, msgspec.structs.replace(
                 record, finished_at=self._clock(), size=size))
         if self.pool is not None:
@@ -235,8 +245,9 @@ class WorkspaceFactory:
         previous_run_id: str | None,
     ) -> Workspace:
         mirror = await self.mirrors.ensure(repo_id, url, base_ref)
-        ref = base_ref or await default_branch(mirror)
-        base_sha = await resolve(mirror, ref)
+        refs = read_refs(mirror)
+        ref = base_ref or refs.head or await default_branch(mirror)
+        base_sha = refs.branch_sha(ref) or await resolve(mirror, ref)
         start, remote = base_sha, None
         if previous_run_id is not None:
             found = await locate(mirror, previous_run_id, self.records.load(previous_run_id),
@@ -249,7 +260,8 @@ class WorkspaceFactory:
         tmp = self.root / f".tmp-{run_id}-{secrets.token_hex(4)}"
         started = time.monotonic()
         try:
-            kind = await self._materialise(tmp, mirror, repo_id, url, branch, start, sparse)
+            kind = await self._materialise(tmp, mirror, refs, repo_id, url, branch, start,
+                                           sparse)
             conflicts: list[str] = []
             merge_parent = None
             if previous_run_id is not None:
@@ -281,8 +293,8 @@ class WorkspaceFactory:
         return workspace
 
     async def _materialise(
-        self, dest: Path, mirror: Path, repo_id: str, url: str, branch: str, sha: str,
-        sparse: list[str],
+        self, dest: Path, mirror: Path, refs: RefSnapshot, repo_id: str, url: str,
+        branch: str, sha: str, sparse: list[str],
     ) -> str:
         """Check `sha` out at `dest` on `branch`: a warm entry when one is ready, else a new
         one; return which ("warm", "workspace", "sparse")."""
@@ -293,20 +305,20 @@ class WorkspaceFactory:
             # sparse checkout writes only the cone and is already fast.
             if not sparse and self.pool.claim(repo_id, dest):
                 try:
-                    await sync_refs(dest, mirror)
+                    sync_refs(dest, refs)
                     await checkout(dest, sha, branch)
                     return "warm"
-                except GitError as exc:
+                except (GitError, OSError) as exc:
                     log.warning("warm_workspace_unusable", error=str(exc))
                     await remove_tree(dest)
-        await init_gitdir(dest, mirror, url)
-        await sync_refs(dest, mirror)
+        init_gitdir(dest, mirror, url)
+        sync_refs(dest, refs)
         if sparse:
             await set_sparse(dest, sparse)
-        await checkout(dest, sha, branch)
-        size = await asyncio.to_thread(disk_usage, dest)
-        git_clone_bytes.labels(kind="sparse" if sparse else "workspace").observe(size)
-        return "sparse" if sparse else "workspace"
+            await checkout(dest, sha, branch)
+            return "sparse"
+        await checkout_new(dest, sha, branch)
+        return "workspace"
 
     async def _keep(self, path: Path, record: Record, done: CommitRecord) -> None:
         """Keep zloth's commit in the mirror, so follow-ups find it once the workspace is gone."""

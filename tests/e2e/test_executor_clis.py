@@ -15,6 +15,7 @@ from services.core.natsd import NatsServer
 from tests.support.fake_providers import FakeProvider, Fault
 from tests.support.fake_providers.clis import (
     CLIS,
+    KEY_VAR,
     agent_pids,
     cli_spec,
     missing_clis,
@@ -22,7 +23,13 @@ from tests.support.fake_providers.clis import (
     write_executors,
 )
 from tests.support.gitrepo import git, make_origin
-from tests.support.stack import free_port, inprocess_stack, wait_for_executors, wait_run
+from tests.support.stack import (
+    free_port,
+    inprocess_stack,
+    process_stack,
+    wait_for_executors,
+    wait_run,
+)
 
 pytestmark = pytest.mark.skipif(
     bool(missing_clis()), reason=f"agent CLIs not installed (scripts/install-agents): "
@@ -135,3 +142,94 @@ async def test_provider_faults_end_failed_with_a_reason_and_no_process_left(
         assert "400" in str(done[f"{cli}-e400"]["reason"]), done[f"{cli}-e400"]["reason"]
         hang = str(done[f"{cli}-hang"]["reason"])
         assert hang.startswith(("no output", "wall-clock timeout")), hang
+
+
+CANARIES = {"ZLOTH_CANARY_SECRET": "canary-zloth-7f3a", "GITHUB_TOKEN": "ghp_canary7f3a",
+            "ZLOTH_MASTER_KEY": "master-canary-7f3a", "DATABASE_URL": "postgres://canary7f3a",
+            "NATS_URL": "nats://canary7f3a"}
+
+
+async def test_hung_agents_never_see_zloth_secrets_and_cancel_kills_them(
+    nats_server: NatsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While each CLI waits on a hung provider: no canary of zloth's environment is in
+    any of its processes' environment, only its own key is; a cancel then ends every run
+    canceled with no process left."""
+    for name, value in CANARIES.items():
+        monkeypatch.setenv(name, value)
+    origin = make_origin(tmp_path / "origin", files=3, commits=1)
+    data, homes = tmp_path / "data", tmp_path / "data" / "agent-homes"
+    with FakeProvider(fault=Fault(hang=True)) as fake:
+        executors = write_executors(tmp_path / "executors.json",
+                                    [cli_spec(cli, fake.url) for cli in CLIS])
+        async with inprocess_stack(nats_server.url, data,
+                                   ZLOTH_EXECUTORS_FILE=str(executors)) as client:
+            await wait_for_executors(client, CLIS)
+            runs = await post_message(client, await new_task(client, origin), list(CLIS), "x")
+            async with asyncio.timeout(60):  # every CLI has sent its request and waits
+                while {"messages", "responses", "models"} - {
+                    r.path.split("/")[2].split("?")[0] if r.path.startswith("/v1/") else
+                    "models" for r in fake.model_requests()
+                }:
+                    await asyncio.sleep(0.1)
+            environments = agent_pids(homes)
+            for run in runs:
+                assert (await client.post(f"/v1/runs/{run['id']}/cancel")).status_code == 202
+            done = [await wait_run(client, str(r["id"]), TERMINAL, 30) for r in runs]
+            await wait_no_agents(homes)
+    assert len(environments) >= 3
+    for pid, environ in environments.items():
+        for value in CANARIES.values():
+            assert value.encode() not in environ, (pid, value)
+        assert b"ZLOTH_" not in environ, pid
+    keys = b"\0".join(environments.values())
+    assert all(f"{var}=test-key".encode() in keys for var in KEY_VAR.values())
+    assert [d["state"] for d in done] == ["canceled"] * 3, [d.get("reason") for d in done]
+
+
+async def test_an_agent_over_its_memory_limit_fails_saying_so(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """Gemini CLI (Node) under a 200 MiB data limit dies at start: the run fails and
+    the reason says it ran out of memory."""
+    origin = make_origin(tmp_path / "origin", files=3, commits=1)
+    data = tmp_path / "data"
+    with FakeProvider() as fake:
+        executors = write_executors(tmp_path / "executors.json", [cli_spec("gemini", fake.url)])
+        async with inprocess_stack(nats_server.url, data, ZLOTH_EXECUTORS_FILE=str(executors),
+                                   ZLOTH_AGENT_MEMORY_BYTES=str(200 << 20)) as client:
+            await wait_for_executors(client, ("gemini",))
+            runs = await post_message(client, await new_task(client, origin), ["gemini"], "x")
+            run = await wait_run(client, str(runs[0]["id"]), TERMINAL, 60)
+        await wait_no_agents(data / "agent-homes")
+    assert run["state"] == "failed"
+    assert "out of memory" in str(run["reason"]), run["reason"]
+
+
+async def test_runner_killed_mid_run_leaves_no_cli_and_the_redelivery_succeeds(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """`kill -9` of the runner while Claude Code waits on its provider: the CLI dies with
+    it (or is reaped by the restarted runner), the attempt is redelivered and, the
+    provider healthy again, succeeds once."""
+    origin = make_origin(tmp_path / "origin", files=3, commits=1)
+    data, homes = tmp_path / "data", tmp_path / "data" / "agent-homes"
+    with FakeProvider(fault=Fault(hang=True)) as fake:
+        executors = write_executors(tmp_path / "executors.json", [cli_spec("claude", fake.url)])
+        async with process_stack(nats_server.url, data,
+                                 ZLOTH_EXECUTORS_FILE=str(executors)) as (client, procs):
+            await wait_for_executors(client, ("claude",))
+            runs = await post_message(client, await new_task(client, origin), ["claude"], "x")
+            async with asyncio.timeout(60):
+                while not (fake.model_requests() and agent_pids(homes)):
+                    await asyncio.sleep(0.1)
+            first = set(agent_pids(homes))
+            procs["executor-runner"].kill()
+            fake.fault = None
+            procs["executor-runner"].start()
+            run = await wait_run(client, str(runs[0]["id"]), TERMINAL, 90)
+        await wait_no_agents(homes)
+    assert run["state"] == "succeeded", run.get("reason")
+    assert run["attempt"] == 1  # the broker redelivered the same attempt
+    assert run["commit_sha"] and "FAKE_EDIT.md" in str(run["diff"])
+    assert not first & set(agent_pids(homes))

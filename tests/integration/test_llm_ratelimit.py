@@ -102,11 +102,11 @@ async def test_without_the_limiter_the_provider_is_overrun(
 async def test_rate_headers_slow_the_client_before_a_429(
     bus: Bus, store: SecretStore, provider: str, respect: bool
 ) -> None:
-    """No client-side limit configured: reading x-ratelimit-* (OpenAI: durations) or
-    anthropic-ratelimit-* (RFC 3339 instants), the client pauses until the announced
-    reset once the remaining budget is what it already has in flight, so no 429 comes
-    back. Ignoring the headers (the control), the same load draws 429s."""
-    fake = FakeLLM(rule=RateRule(limit=8, window=0.5)).start()
+    """No client-side limit configured, a provider with a token bucket (as both document
+    theirs): reading x-ratelimit-* (OpenAI: durations) or anthropic-ratelimit-* (RFC 3339
+    instants), the client spends only the budget they announce, refilling at the rate
+    they imply, so no 429 comes back. Ignoring the headers (the control) draws 429s."""
+    fake = FakeLLM(rule=RateRule(limit=8, window=0.5, bucket=True)).start()
     try:
         settings = fake_settings(fake, max_attempts=1, provider={
             "respect_rate_headers": respect, "max_concurrency": 4})

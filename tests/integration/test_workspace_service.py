@@ -1,6 +1,6 @@
 """The workspace-manager service on a real nats-server: prepare → ready, commit →
-committed, and the scheduler's terminal run event turns the run's workspace into a warm
-one through the per-host run-event consumer and the pool filler."""
+committed, the pool filled in the background, and the scheduler's terminal run event
+(through the per-host run-event consumer) lets the refill recycle the run's workspace."""
 
 from __future__ import annotations
 
@@ -11,9 +11,14 @@ from pathlib import Path
 
 import msgspec
 
-from schemas.base import Message, utcnow
+from schemas.base import utcnow
 from schemas.runs import RepoRef, RunStateChanged
-from schemas.workspaces import CommitWorkspace, PrepareWorkspace, WorkspaceCommitted, WorkspaceReady
+from schemas.workspaces import (
+    CommitWorkspace,
+    PrepareWorkspace,
+    WorkspaceCommitted,
+    WorkspaceReady,
+)
 from services.core.bus import Bus
 from services.core.natsd import NatsServer
 from services.core.runtime import run_services
@@ -21,8 +26,6 @@ from services.workspace_manager.service import unit
 from services.workspace_manager.settings import WorkspaceSettings
 from tests.support.buses import wait_for
 from tests.support.gitrepo import make_origin
-
-M = type[Message]
 
 
 @asynccontextmanager
@@ -78,9 +81,14 @@ async def test_terminal_run_event_makes_the_workspace_warm(
                                               state="succeeded", version=5, attempt=1,
                                               at=utcnow()))
             pool = settings.workspaces_root / ".pool"
+            await wait_for(lambda: any(pool.glob("*/ready-*")), timeout=20)  # made fresh
+            await bus.publish(PrepareWorkspace(run_id="run2", attempt=1, repo=repo,
+                                               branch="zloth/run2"))
+            # run2 takes the warm entry; the refill recycles run1's finished workspace.
             await wait_for(lambda: not Path(ready.path).exists()
                            and any(pool.glob("*/ready-*")), timeout=20)
     finally:
         await bus.close()
     entry = next(pool.glob("*/ready-*"))
     assert not (entry / "new.txt").exists()
+    assert (settings.workspaces_root / "run2" / "README.md").is_file()

@@ -52,7 +52,7 @@ async def test_follow_up_continues_the_branch_and_merges_the_base(
 ) -> None:
     """The follow-up works on the first run's branch from its commit, with what upstream
     added to main since merged in by zloth; its own commit sits on that merge."""
-    first, first_sha = await _run(factory, origin, "run1", {"notes.md": "one\n"})
+    _, first_sha = await _run(factory, origin, "run1", {"notes.md": "one\n"})
     upstream = add_commit(origin, {"docs/upstream.md": "up\n"}, "upstream work")
     second, second_sha = await _run(factory, origin, "run2", {"notes.md": "two\n"},
                                     previous="run1")
@@ -108,7 +108,7 @@ async def test_conflict_handed_to_the_agent_must_be_resolved_before_commit(
     assert ws.conflicts == ["README.md"]
     assert ws.base_sha == first_sha
     assert "<<<<<<< " in (path / "README.md").read_text()
-    with pytest.raises(ConflictMarkersError, match="README.md"):
+    with pytest.raises(ConflictMarkersError, match=r"README\.md"):
         await factory.commit(path, ws.base_sha, "msg", "run2")
     (path / "README.md").write_text("ours and theirs\n")
     result = await factory.commit(path, ws.base_sha, "resolve", "run2")

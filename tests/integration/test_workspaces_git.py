@@ -86,7 +86,7 @@ async def test_run_git_kills_git_at_its_deadline(tmp_path: Path) -> None:
         with pytest.raises(GitTimeout):
             await run_git(["-c", alias, "slow"], timeout=0.5)
         pid = int(pid_file.read_text())
-        while _running(pid):  # noqa: ASYNC110 -- another process's death sends no event
+        while _running(pid):  # polled: another process's death sends no event
             await asyncio.sleep(0.01)
 
 

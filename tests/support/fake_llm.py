@@ -63,26 +63,43 @@ Plan = Callable[[int, str], Fault]  # (attempt number of this prompt, prompt) ->
 
 @dataclass
 class RateRule:
-    """At most `limit` accepted requests in any `window` seconds (a sliding window);
-    above it: 429 with Retry-After when `retry_after` is set."""
+    """`limit` requests per `window` seconds, above it 429 (with Retry-After when
+    `retry_after`). `bucket`: a token bucket of capacity `limit` refilled at limit/window,
+    as OpenAI and Anthropic document theirs; otherwise a sliding window (never more than
+    `limit` accepted in any `window`), the strictest reading."""
 
     limit: int
     window: float
     retry_after: bool = True
+    bucket: bool = False
     accepted: deque[float] = field(default_factory=deque)
+    tokens: float = -1.0
+    at: float = 0.0
 
-    def admit(self, now: float) -> tuple[bool, int, float]:
-        """(accepted, remaining after this one, seconds until fully replenished)."""
+    def admit(self, now: float) -> tuple[bool, int, float, float]:
+        """(accepted, remaining after it, seconds until full, seconds until one more)."""
+        if self.bucket:
+            return self._bucket(now)
         while self.accepted and self.accepted[0] <= now - self.window:
             self.accepted.popleft()
         ok = len(self.accepted) < self.limit
         if ok:
             self.accepted.append(now)
-        reset = self.accepted[-1] + self.window - now if self.accepted else 0.0
-        return ok, self.limit - len(self.accepted), reset
+        full = self.accepted[-1] + self.window - now if self.accepted else 0.0
+        one = max(0.0, self.accepted[0] + self.window - now) if self.accepted else 0.0
+        return ok, self.limit - len(self.accepted), full, 0.0 if ok else one
 
-    def free_in(self, now: float) -> float:
-        return max(0.0, self.accepted[0] + self.window - now) if self.accepted else 0.0
+    def _bucket(self, now: float) -> tuple[bool, int, float, float]:
+        rate = self.limit / self.window
+        if self.tokens < 0:
+            self.tokens = float(self.limit)
+        self.tokens = min(float(self.limit), self.tokens + (now - self.at) * rate)
+        self.at = now
+        ok = self.tokens >= 1.0
+        if ok:
+            self.tokens -= 1.0
+        one = 0.0 if ok else (1.0 - self.tokens) / rate
+        return ok, math.floor(self.tokens), (self.limit - self.tokens) / rate, one
 
 
 class FakeLLM:
@@ -212,12 +229,12 @@ class FakeLLM:
         extra: dict[str, str] = {}
         if fault.kind == "ok" and self.rule is not None:
             with self._lock:
-                ok, remaining, reset = self.rule.admit(now)
-                free_in = self.rule.free_in(now)
+                ok, remaining, reset, free_in = self.rule.admit(now)
             if self.rate_headers:
                 extra = _rate_headers(provider, self.rule.limit, remaining, reset)
             if not ok:
-                announced = math.ceil(free_in) if self.rule.retry_after else None
+                # Retry-After is whole seconds (RFC 9110): never earlier than the free slot.
+                announced = max(1, math.ceil(free_in)) if self.rule.retry_after else None
                 fault = Fault(kind="429", retry_after=announced)
         status = {"ok": 200, "429": 429, "5xx": fault.status, "down": 503}.get(fault.kind, 200)
         self._record(now, provider, api, prompt, stream, fault, status)

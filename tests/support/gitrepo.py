@@ -6,6 +6,7 @@ Same arguments, same commit shas: identity, dates and contents are fixed.
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 from pathlib import Path
 
@@ -106,6 +107,39 @@ def add_commit(
     sha = git("commit-tree", tree, "-p", parent, "-m", message, cwd=origin, env=_dated(99)).strip()
     git("update-ref", f"refs/heads/{branch}", sha, cwd=origin)
     return sha
+
+
+def make_large_origin(
+    dest: Path, files: int = 3200, commits: int = 30, seed: int = 5
+) -> Path:
+    """Build the bare repository `dest` (branch `main`) like a mid-sized project: `files`
+    source-like text files in 160 directories under `pkg00`…`pkg39` (~26 MB checked out),
+    then `commits` commits each rewriting 60 files and replacing a 1.8 MB binary asset
+    (≥ 50 MB of packed history). Written with `git fast-import`: a few seconds."""
+    rng = random.Random(seed)
+    letters = "abcdefghijklmnopqrstuvwxyz_"
+    words = ["".join(rng.choices(letters, k=rng.randint(2, 10))) for _ in range(3000)]
+    lines = [" ".join(rng.choices(words, k=rng.randint(3, 12))) + "\n" for _ in range(20000)]
+    dirs = [f"pkg{d:02d}/sub{s}" for d in range(40) for s in range(4)]
+    names = [f"{dirs[i % len(dirs)]}/mod{i:04d}.py" for i in range(files)]
+    stream = bytearray()
+
+    def put(path: str, data: bytes) -> None:
+        stream.extend(f"M 100644 inline {path}\ndata {len(data)}\n".encode() + data + b"\n")
+
+    for k in range(commits + 1):
+        message = f"commit {k}\n".encode()
+        stream.extend(f"commit refs/heads/main\ncommitter Bench <bench@example.com> "
+                      f"{1_704_067_200 + 60 * k} +0000\ndata {len(message)}\n".encode() + message)
+        for name in names if k == 0 else rng.sample(names, 60):
+            put(name, "".join(rng.choices(lines, k=rng.randint(40, 200))).encode())
+        if k > 0:
+            put(f"assets/blob{k % 3}.bin", rng.randbytes(1_800_000))
+        stream.extend(b"\n")
+    git("init", "--quiet", "--bare", "--initial-branch=main", str(dest))
+    git("fast-import", "--quiet", cwd=dest, input=bytes(stream))
+    git("repack", "-a", "-d", "-q", cwd=dest)
+    return dest
 
 
 def _write(path: Path, name: str) -> None:

@@ -72,8 +72,10 @@ class Anthropic:
         return RateInfo(
             remaining_requests=as_int(headers.get("anthropic-ratelimit-requests-remaining")),
             requests_reset=reset("anthropic-ratelimit-requests-reset"),
+            limit_requests=as_int(headers.get("anthropic-ratelimit-requests-limit")),
             remaining_tokens=as_int(headers.get("anthropic-ratelimit-tokens-remaining")),
             tokens_reset=reset("anthropic-ratelimit-tokens-reset"),
+            limit_tokens=as_int(headers.get("anthropic-ratelimit-tokens-limit")),
         )
 
     def retry_after(self, headers: Mapping[str, str], body: Any) -> float | None:

@@ -99,27 +99,27 @@ class LLMClient:
         started = time.monotonic()
         call = _Call(request=request, adapter=self._adapters[request.provider],
                      budget_end=started + min(deadline, self._s.max_retry_seconds))
-        outcome, cached = "failed", False
+        outcome, cached, error = "failed", False, ""
         try:
             async with asyncio.timeout(deadline):
                 response = await self._complete(call)
             outcome, cached = "ok", response.cached
             return response
         except TimeoutError:
-            outcome = "deadline"
-            raise DeadlineExceeded(request.provider, "deadline", call.attempts,
-                                   f"no answer within {deadline}s",
+            outcome, error = "deadline", f"no answer within {deadline}s"
+            raise DeadlineExceeded(request.provider, "deadline", call.attempts, error,
                                    self._s.backoff_max) from None
         except LLMError as exc:
-            outcome = type(exc).__name__.removeprefix("Provider").lower()
+            outcome, error = type(exc).__name__.removeprefix("Provider").lower(), str(exc)
             raise
         finally:
             metrics.llm_calls_total.labels(request.provider,
                                            "cached" if cached else outcome).inc()
-            # The canonical line of a call: one per complete(), never the prompt or key.
+            # The canonical line of a call: one per complete(), never the prompt or key
+            # (error texts from providers had the key taken out in transport.py).
             self._log.info("llm_call_finished", provider=request.provider, model=request.model,
                            outcome=outcome, cached=cached, attempts=call.attempts,
-                           seconds=round(time.monotonic() - started, 3))
+                           seconds=round(time.monotonic() - started, 3), error=error or None)
 
     async def _complete(self, call: _Call) -> Response:
         request = call.request

@@ -69,8 +69,10 @@ class OpenAI:
         return RateInfo(
             remaining_requests=as_int(headers.get("x-ratelimit-remaining-requests")),
             requests_reset=reset("x-ratelimit-reset-requests"),
+            limit_requests=as_int(headers.get("x-ratelimit-limit-requests")),
             remaining_tokens=as_int(headers.get("x-ratelimit-remaining-tokens")),
             tokens_reset=reset("x-ratelimit-reset-tokens"),
+            limit_tokens=as_int(headers.get("x-ratelimit-limit-tokens")),
         )
 
     def retry_after(self, headers: Mapping[str, str], body: Any) -> float | None:

@@ -37,25 +37,35 @@ class Grant:
 
 @dataclass
 class _Budget:
-    """What the provider's last word still allows us to send until `until` (monotonic).
+    """What the provider's last word still allows us to send (monotonic times).
 
-    Each answer sets it to remaining − what is already in flight (in flight may already
-    be counted, so this errs low), never above what an earlier answer of the same period
-    allowed: answers overtake each other, and an older one is more optimistic. Every
-    request started afterwards spends from it."""
+    An answer says: `remaining` now, full again (`limit`) after `reset` seconds. Both
+    providers document a token bucket, so the budget refills at (limit − remaining) /
+    reset per second; without a limit it comes back all at once at the reset. What is in
+    flight is deducted (it may already be counted: this errs low), and a new answer never
+    raises the budget above what an earlier one of the same period left (answers overtake
+    each other; an older one is more optimistic). Requests started afterwards spend it."""
 
-    left: float = 0.0
-    until: float = 0.0
+    left: float = 0.0  # at time `at`
+    at: float = 0.0
+    rate: float = 0.0
+    until: float = 0.0  # after this, no constraint until the next answer
 
-    def narrow(self, remaining: float, committed: float, reset: float, now: float) -> None:
+    def current(self, now: float) -> float:
+        return self.left + self.rate * (now - self.at)
+
+    def narrow(self, remaining: float, committed: float, reset: float, limit: float | None,
+               now: float) -> None:
         left = remaining - committed
-        if self.until <= now:
-            self.left, self.until = left, now + reset
-        else:
-            self.left, self.until = min(self.left, left), max(self.until, now + reset)
+        rate = (limit - remaining) / reset if limit and reset > 0 and limit > remaining else 0.0
+        if self.until <= now or left < self.current(now):
+            self.left, self.at, self.rate = left, now, rate
+        self.until = max(self.until, now + reset)
 
     def blocks(self, need: float, now: float) -> float:
-        return self.until - now if self.until > now and self.left < need else 0.0
+        if self.until <= now or (short := need - self.current(now)) <= 0:
+            return 0.0
+        return min(short / self.rate, self.until - now) if self.rate else self.until - now
 
     def spend(self, amount: float, now: float) -> None:
         if self.until > now:
@@ -70,12 +80,14 @@ class Limiter:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self._rpm = settings.requests_per_window
-        self._tpm = settings.tokens_per_window
+        # Off: only the concurrency cap (the baseline the benchmark compares against).
+        self._enabled = settings.rate_limiting
+        self._rpm = settings.requests_per_window if self._enabled else 0
+        self._tpm = settings.tokens_per_window if self._enabled else 0
         self._window = settings.window_seconds * (1.0 + settings.headroom)
         self._rate = self._rpm / self._window if self._rpm else 0.0
         self._burst = float(settings.burst or max(1, math.floor(self._rate)))
-        self._respect_headers = settings.respect_rate_headers
+        self._respect_headers = settings.respect_rate_headers and self._enabled
         self._clock = clock
         self._sleep = sleep
         self._slots = asyncio.Semaphore(max(1, settings.max_concurrency))
@@ -112,7 +124,8 @@ class Limiter:
 
     def pause(self, seconds: float) -> None:
         """Nobody in this process sends to the provider for `seconds` (its Retry-After)."""
-        self._pause_until = max(self._pause_until, self._clock() + seconds)
+        if self._enabled:
+            self._pause_until = max(self._pause_until, self._clock() + seconds)
 
     def observe(self, rate: RateInfo, grant: Grant) -> None:
         """Take the provider's remaining budget and reset (its rate-limit headers on the
@@ -123,16 +136,17 @@ class Limiter:
         others = [g for g in self._live if g is not grant]
         if rate.remaining_requests is not None and rate.requests_reset is not None:
             self._requests_left.narrow(rate.remaining_requests, len(others),
-                                       rate.requests_reset, now)
+                                       rate.requests_reset, rate.limit_requests, now)
         if rate.remaining_tokens is not None and rate.tokens_reset is not None:
             self._tokens_left.narrow(rate.remaining_tokens, sum(g.tokens for g in others),
-                                     rate.tokens_reset, now)
+                                     rate.tokens_reset, rate.limit_tokens, now)
 
     async def _take(self, tokens: int) -> Grant:
         started = self._clock()
         async with self._lock:
             while (delay := self._delay(self._clock(), tokens)) > 0:
-                await self._sleep(delay)
+                # At least a microsecond: a delay of a few ulps would not move the clock.
+                await self._sleep(max(delay, 1e-6))
             now = self._clock()
             grant = Grant(at=now, tokens=tokens, waited=now - started)
             self._requests_left.spend(1, now)

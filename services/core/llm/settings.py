@@ -10,7 +10,9 @@ import msgspec
 class ProviderSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     base_url: str
     key_name: str  # the secret-store entry holding the API key
-    # Client-side rate limit of THIS replica (see ratelimit.py): 0 disables a dimension.
+    # Client-side rate limit of THIS replica (see ratelimit.py): 0 disables a dimension;
+    # `rate_limiting` off leaves only the concurrency cap (no budgets, headers or pauses).
+    rate_limiting: bool = True
     requests_per_window: int = 0
     tokens_per_window: int = 0
     window_seconds: float = 60.0

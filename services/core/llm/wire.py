@@ -36,8 +36,10 @@ class RateInfo:
 
     remaining_requests: int | None = None
     requests_reset: float | None = None  # seconds until fully replenished
+    limit_requests: int | None = None
     remaining_tokens: int | None = None
     tokens_reset: float | None = None
+    limit_tokens: int | None = None
 
 
 class Transient(Exception):

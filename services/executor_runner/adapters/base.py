@@ -3,6 +3,7 @@ around the process layer. One instance per run (parsers may keep state across li
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,11 @@ __all__ = ["Adapter", "Parsed", "RunPaths", "as_int_usage", "fail", "wrap_prompt
 
 Parsed = tuple[LogStreamName, str, AgentResult | None]
 _MAX_REASON = 500
+# how runtimes say they hit a memory limit (V8, libc, Python, Rust, Bun)
+_OUT_OF_MEMORY = re.compile(
+    r"out of memory|Cannot allocate memory|MemoryError|memory allocation of \d+ bytes failed",
+    re.IGNORECASE,
+)
 
 PROMPT_RULES = """\
 You are a coding agent run by zloth, an orchestrator, in a git working tree.
@@ -72,6 +78,7 @@ class Adapter:
         # the latest error the agent mentioned without giving up (an API retry, a
         # reconnect): not a failure by itself, but the best explanation of a timeout
         self.last_error: str | None = None
+        self.out_of_memory: str | None = None
 
     def prompt(self, instruction: str, paths: RunPaths) -> str:
         return wrap_prompt(instruction, paths.summary_file) if self.spec.wrap_prompt \
@@ -85,7 +92,10 @@ class Adapter:
         return parse_line(self.spec, text)
 
     def observe_stderr(self, text: str) -> None:
-        """A stderr line (logged as is): some CLIs only report retries there."""
+        """A stderr line (logged as is): some CLIs only report retries there; any
+        runtime reports running out of memory there."""
+        if _OUT_OF_MEMORY.search(text):
+            self.out_of_memory = text.strip()
 
     def check(
         self, outcome: ProcessOutcome, result: AgentResult | None, paths: RunPaths
@@ -95,6 +105,9 @@ class Adapter:
         fatal = result.error if result else None
         if outcome.outcome == "canceled":
             return outcome
+        if self.out_of_memory and outcome.outcome == "failed":
+            return fail(outcome, f"agent ran out of memory ({outcome.reason}): "
+                                 f"{self.out_of_memory}")
         if fatal is not None and outcome.outcome in ("succeeded", "failed"):
             # the agent's own words beat an exit code and its last stderr line
             code = f" (exit code {outcome.exit_code})" if outcome.exit_code else ""

@@ -47,6 +47,7 @@ class GeminiAdapter(Adapter):
             _adopt_project(gemini / "tmp", paths.workspace)
 
     def observe_stderr(self, text: str) -> None:
+        super().observe_stderr(text)
         if match := _RETRY.search(text):
             self.last_error = match.group(0)
 

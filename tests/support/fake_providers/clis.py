@@ -33,8 +33,9 @@ def cli_spec(cli: str, base_url: str, name: str | None = None, **overrides: obje
 
 
 def write_executors(path: Path, specs: list[ExecutorSpec]) -> Path:
-    """An executors file: `specs` plus demo-a (the stack harness waits for it)."""
-    path.write_bytes(msgspec.json.encode([builtin_executors()["demo-a"], *specs]))
+    """An executors file: `specs` plus the demo executors (the stack harness waits for them)."""
+    demos = [spec for name, spec in builtin_executors().items() if name.startswith("demo-")]
+    path.write_bytes(msgspec.json.encode([*demos, *specs]))
     return path
 
 
