@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from schemas.streams import ALL_STREAMS
+from services.core.bus import Bus
 from services.core.natsd import NatsServer
 
 
@@ -18,3 +20,15 @@ async def nats_server(tmp_path: Path) -> AsyncIterator[NatsServer]:
         yield server
     finally:
         await server.stop(kill=True)
+
+
+@pytest.fixture
+async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
+    """A client of the test's server, with zloth's streams provisioned."""
+    bus = await Bus.connect(nats_server.url, name="test")
+    for spec in ALL_STREAMS:
+        await bus.ensure_stream(spec)
+    try:
+        yield bus
+    finally:
+        await bus.close()

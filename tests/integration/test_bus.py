@@ -8,30 +8,17 @@ import json
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
-import pytest
 
-from schemas.streams import ALL_STREAMS, CMD
+from schemas.streams import CMD
 from services.core import metrics
 from services.core.bus import Bus, Consume, Delivery
 from services.core.errors import Retry
 from services.core.natsd import NatsServer
 from tests.support.buses import consuming, open_leases, wait_for
 from tests.support.pingworker import Ping, ping_spec
-
-
-@pytest.fixture
-async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
-    bus = await Bus.connect(nats_server.url, name="test")
-    for spec in ALL_STREAMS:
-        await bus.ensure_stream(spec)
-    try:
-        yield bus
-    finally:
-        await bus.close()
 
 
 async def test_unacked_message_is_redelivered_after_ack_wait(bus: Bus, tmp_path: Path) -> None:

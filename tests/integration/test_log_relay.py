@@ -21,7 +21,7 @@ import pytest
 
 from schemas.logs import LogChunk, LogLine
 from schemas.runs import RunState, RunStateChanged
-from schemas.streams import ALL_STREAMS, LOGS
+from schemas.streams import LOGS
 from services.core.bus import Bus
 from services.core.natsd import NatsServer
 from services.core.runtime import Service, run_services
@@ -99,16 +99,6 @@ async def relay(nats: NatsServer, data_dir: Path, **overrides: Any) -> AsyncIter
         async with asyncio.timeout(15):
             await task
 
-
-@pytest.fixture
-async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
-    bus = await Bus.connect(nats_server.url, name="test-runner")
-    for spec in ALL_STREAMS:
-        await bus.ensure_stream(spec)
-    try:
-        yield bus
-    finally:
-        await bus.close()
 
 
 @pytest.fixture

@@ -13,24 +13,12 @@ import pytest
 from schemas.base import utcnow
 from schemas.executions import ExecuteRun, ExecutionFinished
 from schemas.runs import CancelRun, RepoRef, RunStateChanged, StartRun
-from schemas.streams import ALL_STREAMS
 from schemas.workspaces import PrepareWorkspace, WorkspaceFailed, WorkspaceReady
 from services.core.bus import Bus
 from services.core.natsd import NatsServer
 from services.core.runtime import run_services
 from services.scheduler.service import unit
 from services.scheduler.settings import SchedulerSettings
-
-
-@pytest.fixture
-async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
-    bus = await Bus.connect(nats_server.url, name="test")
-    for spec in ALL_STREAMS:
-        await bus.ensure_stream(spec)
-    try:
-        yield bus
-    finally:
-        await bus.close()
 
 
 @pytest.fixture
