@@ -16,6 +16,7 @@ import msgspec
 
 from services.cli import client as api
 from services.cli.sse import follow
+from services.cli.status import render_status
 
 SERVICES: dict[str, str] = {
     "gateway": "services.gateway",
@@ -67,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("run_id")
     logs.add_argument("-f", "--follow", action="store_true", help="follow until the run ends")
 
-    sub.add_parser("status", help="one-screen health view")
+    status = sub.add_parser("status", help="one-screen health view")
+    status.add_argument("--json", action="store_true", help="the raw /v1/status document")
     return parser
 
 
@@ -106,8 +108,11 @@ async def _client_command(args: argparse.Namespace) -> int:
             return await _logs(client, args.run_id, args.follow)
         if args.command == "status":
             status = await api.call(client, "GET", "/v1/status")
-            sys.stdout.write(msgspec.json.format(msgspec.json.encode(status)).decode() + "\n")
-            return 0
+            if args.json:
+                sys.stdout.write(msgspec.json.format(msgspec.json.encode(status)).decode() + "\n")
+            else:
+                render_status(status, sys.stdout)
+            return 0 if status.get("ok") else 1
     return 2
 
 
