@@ -54,9 +54,12 @@ class ExecutorSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     env: dict[str, str] = {}
     # how zloth drives it: "generic" (the template above, exit code decides) or a CLI
     # adapter that also writes its settings, parses its events and judges its result
-    adapter: Literal["generic", "claude", "codex", "gemini"] = "generic"
+    # (or "patch": no process, `command` is not run; the LLM client asks `provider`)
+    adapter: Literal["generic", "claude", "codex", "gemini", "patch"] = "generic"
     wrap_prompt: bool = False  # prefix the instruction with zloth's rules (edit files only…)
     version: str | None = None  # the version zloth pins and tests (scripts/install-agents)
+    provider: Literal["openai", "anthropic", "google"] | None = None  # the patch agent's
+    model: str | None = None  # the patch agent's model
 
     def __post_init__(self) -> None:
         secret = [n for n in (*self.env_allow, *self.env) if n.upper().startswith("ZLOTH_")]
@@ -162,9 +165,14 @@ def builtin_executors(agents_bin: Path | None = None) -> dict[str, ExecutorSpec]
         timeout_seconds=60,
         idle_timeout_seconds=60,
     )
+    patch = ExecutorSpec(
+        name="patch", adapter="patch", command=["patch-agent"], provider="anthropic",
+        model="claude-sonnet-4-5", concurrency=4, timeout_seconds=900,
+        idle_timeout_seconds=900,
+    )
     from services.executor_runner.clis import cli_executors  # here: clis imports this module
 
-    return {spec.name: spec for spec in [*demos, noop, *cli_executors(agents_bin)]}
+    return {spec.name: spec for spec in [*demos, noop, *cli_executors(agents_bin), patch]}
 
 
 def parse_line(spec: ExecutorSpec, text: str) -> tuple[LogStreamName, str, AgentResult | None]:

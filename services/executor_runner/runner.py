@@ -17,6 +17,7 @@ from schemas.streams import CANCEL_BUCKET
 from services.core import metrics, tracing
 from services.core.bus import Bus, Delivery
 from services.core.git import run_git
+from services.core.llm import LLMClient
 from services.core.store import Store
 from services.core.telemetry import get_logger
 from services.executor_runner.adapters import Adapter, RunPaths, make_adapter
@@ -28,6 +29,7 @@ from services.executor_runner.executors import (
     merge_result,
 )
 from services.executor_runner.logbatch import LogBatcher
+from services.executor_runner.patch_agent import run_patch_agent
 from services.executor_runner.process import Limits, ProcessOutcome, kill_recorded, run_agent
 from services.executor_runner.sessions import restore_state, save_state, state_dir
 from services.executor_runner.settings import RunnerSettings
@@ -48,6 +50,7 @@ class Runner:
         self.runner_id = runner_id
         self.cancels: dict[str, asyncio.Event] = {}
         self.installed: dict[str, Installed] = {}  # executor → (installed, version)
+        self.llm: LLMClient | None = None  # for the patch agent
         self.log = get_logger(service="executor-runner")
 
     async def on_execute(self, cmd: ExecuteRun, delivery: Delivery) -> None:
@@ -130,10 +133,14 @@ class Runner:
             try:
                 with tracing.span("agent run", None, {"zloth.executor": cmd.executor,
                                                       "zloth.run_id": cmd.run_id}):
-                    outcome = await run_agent(
-                        argv, workspace, env, on_line, self._limits(cmd, spec), cancel,
-                        self.settings.pidfile_dir, run_key,
-                    )
+                    if spec.adapter == "patch":
+                        outcome, result = await self._patch(cmd, spec, workspace, logs,
+                                                            cancel)
+                    else:
+                        outcome = await run_agent(
+                            argv, workspace, env, on_line, self._limits(cmd, spec), cancel,
+                            self.settings.pidfile_dir, run_key,
+                        )
             finally:
                 metrics.agent_runs_active.labels(cmd.executor).dec()
             # check may read the agent's files (Codex's rollout): off the event loop
@@ -145,6 +152,20 @@ class Runner:
             await asyncio.to_thread(save_state, home, sessions, adapter.state_paths)
         await asyncio.to_thread(shutil.rmtree, home, True)
         return outcome, result, summary
+
+    async def _patch(
+        self, cmd: ExecuteRun, spec: ExecutorSpec, workspace: Path, logs: LogBatcher,
+        cancel: asyncio.Event,
+    ) -> tuple[ProcessOutcome, AgentResult | None]:
+        if self.llm is None:
+            raise RuntimeError("patch executor without an LLM client")  # build() makes one
+
+        async def log(text: str) -> None:
+            await logs.add("event", text)
+
+        timeout = cmd.timeout_seconds or spec.timeout_seconds
+        return await run_patch_agent(self.llm, spec, cmd.instruction, workspace, log, cancel,
+                                     timeout)
 
     def _prepare(self, adapter: Adapter, paths: RunPaths, sessions: Path,
                  env: dict[str, str], session: str | None) -> None:

@@ -4,6 +4,7 @@ kind's global concurrency), the cancel listener, and the executor announcements.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,14 @@ from typing import Any
 import msgspec
 
 from schemas.executions import CancelRequested, ExecuteRun
-from schemas.streams import CANCEL_BUCKET, EXECUTORS_BUCKET, LOGS, exec_consumer
+from schemas.streams import (
+    CANCEL_BUCKET,
+    EXECUTORS_BUCKET,
+    LLM_BREAKER_BUCKET,
+    LLM_CACHE_BUCKET,
+    LOGS,
+    exec_consumer,
+)
 from services.core.bus import Consume
 from services.core.errors import ConfigError
 from services.core.runtime import Deps, Service, Unit, sleep_or_stop
@@ -22,6 +30,7 @@ from services.executor_runner.executors import (
     ExecutorSpec,
     load_executors,
 )
+from services.executor_runner.llm import make_client
 from services.executor_runner.process import reap_leftovers
 from services.executor_runner.runner import Runner
 from services.executor_runner.settings import RunnerSettings
@@ -53,6 +62,12 @@ async def build(settings: RunnerSettings, deps: Deps) -> Service:
     missing = [name for name, (found, _) in runner.installed.items() if not found]
     if missing:  # announced as not installed; their runs wait for a runner that has them
         get_logger(service=NAME).warning("executors_not_installed", executors=missing)
+    buckets = [CANCEL_BUCKET, EXECUTORS_BUCKET]
+    on_stop: list[Callable[[], Awaitable[None]]] = []
+    if any(spec.adapter == "patch" for spec in executors.values()):
+        runner.llm = make_client(deps.bus, deps.instance_id)
+        buckets += [LLM_CACHE_BUCKET, LLM_BREAKER_BUCKET]
+        on_stop.append(runner.llm.aclose)
     consumers: list[Consume[Any]] = [
         Consume(exec_consumer(name, spec.concurrency, settings.ack_wait_seconds), ExecuteRun,
                 runner.on_execute, concurrency=spec.concurrency)
@@ -64,7 +79,8 @@ async def build(settings: RunnerSettings, deps: Deps) -> Service:
         consumers=consumers,
         tasks=[partial(listen_for_cancels, runner), partial(announce, runner)],
         owned_streams=[LOGS],
-        buckets=[CANCEL_BUCKET, EXECUTORS_BUCKET],
+        buckets=buckets,
+        on_stop=on_stop,
     )
 
 

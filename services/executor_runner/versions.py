@@ -21,7 +21,7 @@ Installed = tuple[bool, str | None]
 
 
 def installed(spec: ExecutorSpec) -> bool:
-    return shutil.which(spec.command[0]) is not None
+    return spec.adapter == "patch" or shutil.which(spec.command[0]) is not None
 
 
 async def probe_all(specs: dict[str, ExecutorSpec]) -> dict[str, Installed]:
@@ -38,6 +38,8 @@ async def probe(spec: ExecutorSpec) -> Installed:
     """(installed, version). The version is asked only of CLI adapters (a generic
     command may not know `--version`), in a throwaway HOME so that nothing is written to
     ours, and never raises: a broken install reads as installed without a version."""
+    if spec.adapter == "patch":  # runs inside the runner: always there
+        return True, "builtin"
     program = shutil.which(spec.command[0])
     if program is None:
         return False, None

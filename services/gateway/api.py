@@ -184,6 +184,15 @@ class Api:
                 f"unknown executor(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}",
                 field="executors",
             )
+        # A runner announces a CLI it cannot find as not installed: a run for it would
+        # only wait in the queue until it timed out.
+        missing = [name for name in names if known[name].get("installed") is False]
+        if missing:
+            raise HTTPError(
+                422, "executor_not_installed",
+                f"executor(s) not installed on any runner: {', '.join(missing)}",
+                field="executors",
+            )
 
     async def _plan(
         self, task: Task, repo: Repo, body: CreateRuns

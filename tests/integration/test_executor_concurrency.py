@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -20,6 +21,7 @@ from schemas.streams import CMD
 from services.core.bus import Bus
 from services.core.natsd import NatsServer
 from services.executor_runner.executors import ExecutorSpec
+from tests.support.stack import free_port
 
 PROBE = textwrap.dedent("""
     import json, os, sys, time
@@ -49,10 +51,30 @@ def max_overlap(events: list[dict[str, object]], kind: str) -> int:
     return peak
 
 
-async def wait_for_line(path: Path, text: str, timeout: float = 30.0) -> None:
+def count(log: Path, kind: str, what: str) -> int:
+    lines = log.read_text().splitlines() if log.exists() else []
+    return sum(1 for line in lines if json.loads(line)["kind"] == kind
+               and json.loads(line)["what"] == what)
+
+
+async def wait_for(check: Callable[[], bool], timeout: float = 60.0) -> None:
     async with asyncio.timeout(timeout):
-        while not (path.exists() and text in path.read_text(errors="replace")):
-            await asyncio.sleep(0.1)
+        while not check():
+            await asyncio.sleep(0.05)
+
+
+async def start_runner(runners: list[subprocess.Popen[bytes]], nats_url: str,
+                       executors: Path, tmp_path: Path) -> None:
+    n = len(runners) + 1
+    env = {**os.environ, "ZLOTH_NATS_URL": nats_url, "ZLOTH_LOG_FORMAT": "json",
+           "ZLOTH_DATA_DIR": str(tmp_path / f"runner{n}"),
+           "ZLOTH_EXECUTORS_FILE": str(executors), "ZLOTH_ANNOUNCE_SECONDS": "1",
+           "ZLOTH_METRICS_PORT": str(free_port())}
+    log = tmp_path / f"runner{n}.log"
+    with log.open("wb") as out:
+        runners.append(subprocess.Popen([sys.executable, "-m", "services.executor_runner"],
+                                        env=env, stdout=out, stderr=subprocess.STDOUT))
+    await wait_for(lambda: "services_started" in log.read_text(errors="replace"), 30)
 
 
 async def test_two_runners_never_exceed_a_kinds_cap_and_other_kinds_flow(
@@ -65,28 +87,21 @@ async def test_two_runners_never_exceed_a_kinds_cap_and_other_kinds_flow(
     workspace = tmp_path / "ws"
     workspace.mkdir()
     runners: list[subprocess.Popen[bytes]] = []
-    for n in (1, 2):
-        env = {**os.environ, "ZLOTH_NATS_URL": nats_server.url, "ZLOTH_LOG_FORMAT": "json",
-               "ZLOTH_DATA_DIR": str(tmp_path / f"runner{n}"),
-               "ZLOTH_EXECUTORS_FILE": str(executors), "ZLOTH_ANNOUNCE_SECONDS": "1"}
-        out = (tmp_path / f"runner{n}.log").open("wb")
-        runners.append(subprocess.Popen([sys.executable, "-m", "services.executor_runner"],
-                                        env=env, stdout=out, stderr=subprocess.STDOUT))
-        out.close()
     bus = await Bus.connect(nats_server.url, name="concurrency-test")
     try:
-        for n in (1, 2):
-            await wait_for_line(tmp_path / f"runner{n}.log", "services_started")
+        await start_runner(runners, nats_server.url, executors, tmp_path)
         await bus.ensure_stream(CMD, owner=False)
         for i in range(RUNS):  # the slow kind first: the fast one must not queue behind it
             for kind in ("slow", "fast"):
                 await bus.publish(ExecuteRun(
                     run_id=f"run_{kind}{i}", task_id="task_1", attempt=1, executor=kind,
                     workspace_path=str(workspace), base_sha="0" * 40, instruction="x"))
-        async with asyncio.timeout(60):
-            while sum(1 for line in log.read_text().splitlines()
-                      if '"end"' in line) < 2 * RUNS if log.exists() else True:
-                await asyncio.sleep(0.1)
+        # runner 1 holds the whole slow cap; runner 2 comes up and runner 1 drains away,
+        # so for a while both run slow agents, and the cap still holds across them
+        await wait_for(lambda: count(log, "slow", "start") >= SLOW_CAP)
+        await start_runner(runners, nats_server.url, executors, tmp_path)
+        runners[0].send_signal(signal.SIGTERM)
+        await wait_for(lambda: count(log, "slow", "end") + count(log, "fast", "end") == 2 * RUNS)
     finally:
         await bus.close()
         for proc in runners:

@@ -17,7 +17,7 @@ import pytest
 
 from schemas.base import utcnow
 from schemas.runs import FileChange, RepoRef, RunResult, StartRun
-from schemas.streams import CMD
+from schemas.streams import CMD, EXECUTORS_BUCKET
 from services.core.bus import Bus
 from services.core.natsd import NatsServer
 from services.gateway.outbox import Outbox
@@ -180,6 +180,21 @@ async def test_an_unknown_executor_error_lists_the_known_ones(gw: Gateway, task_
     assert resp.status_code == 422
     assert "claude" in resp.json()["error"]["message"]
     assert "codex" in resp.json()["error"]["message"]
+
+
+async def test_an_executor_not_installed_is_refused(
+    gw: Gateway, bus: Bus, task_id: str
+) -> None:
+    await bus.kv_put(EXECUTORS_BUCKET.name, "gemini", msgspec.json.encode(
+        {"name": "gemini", "concurrency": 1, "installed": False}))
+    await asyncio.sleep(1.1)  # past the registry's one-second cache
+    before = await gw.snapshot()
+    resp = await gw.post(f"/v1/tasks/{task_id}/runs",
+                         {"instruction": "x", "executors": ["claude", "gemini"]})
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["error"]["code"] == "executor_not_installed"
+    assert "gemini" in resp.json()["error"]["message"]
+    assert await gw.snapshot() == before
 
 
 async def test_with_no_runner_online_runs_are_refused(gw: Gateway, git_repo: Path) -> None:

@@ -79,8 +79,9 @@ def test_an_instruction_is_one_argument_and_never_re_expanded() -> None:
 
 def test_builtin_executors() -> None:
     found = load_executors(None)
-    assert set(found) == {"demo-a", "demo-b", "demo-c", "noop", "claude", "codex", "gemini"}
-    assert all(spec.output == "jsonl" for spec in found.values())
+    assert set(found) == {"demo-a", "demo-b", "demo-c", "noop", "claude", "codex", "gemini",
+                          "patch"}
+    assert all(spec.output == "jsonl" for spec in found.values() if spec.adapter != "patch")
     assert {found[n].adapter for n in ("claude", "codex", "gemini")} == {
         "claude", "codex", "gemini"}
     assert all(found[n].version for n in ("claude", "codex", "gemini"))

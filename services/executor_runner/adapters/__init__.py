@@ -16,6 +16,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
     "claude": ClaudeAdapter,
     "codex": CodexAdapter,
     "gemini": GeminiAdapter,
+    "patch": Adapter,  # no process: the generic hooks judge its outcome
 }
 
 

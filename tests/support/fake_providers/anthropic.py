@@ -44,9 +44,9 @@ def reply(body: dict[str, Any], script: Script) -> list[Event]:
             "usage": {"input_tokens": USAGE["input_tokens"], "output_tokens": 1},
         },
     }
-    if _last_is_tool_result(body):
+    if script.finishes(_last_is_tool_result(body)):
         block: dict[str, Any] = {"type": "text", "text": ""}
-        delta: dict[str, Any] = {"type": "text_delta", "text": script.final_text}
+        delta: dict[str, Any] = {"type": "text_delta", "text": script.text()}
         stop = "end_turn"
     else:
         args = {"file_path": f"{_cwd(body)}/{script.edit_path}", "content": script.edit_content()}

@@ -20,8 +20,8 @@ def _last_is_tool_result(body: dict[str, Any]) -> bool:
 
 def reply(body: dict[str, Any], script: Script, model: str) -> list[dict[str, Any]]:
     """The chunks for one request: a `write_file` call, or the final text."""
-    if _last_is_tool_result(body):
-        parts: list[dict[str, Any]] = [{"text": script.final_text}]
+    if script.finishes(_last_is_tool_result(body)):
+        parts: list[dict[str, Any]] = [{"text": script.text()}]
     else:
         args = {"file_path": script.edit_path, "content": script.edit_content()}
         parts = [{"functionCall": {"name": "write_file", "args": args}}]

@@ -29,11 +29,11 @@ def _patch(path: str, content: str) -> str:
 def reply(body: dict[str, Any], script: Script) -> list[Event]:
     """The stream for one request: an `apply_patch` call, or the final message."""
     response_id = f"resp_{uuid.uuid4().hex[:16]}"
-    if _last_is_tool_result(body):
+    if script.finishes(_last_is_tool_result(body)):
         item: dict[str, Any] = {
             "type": "message", "id": f"msg_{uuid.uuid4().hex[:12]}", "role": "assistant",
             "status": "completed",
-            "content": [{"type": "output_text", "text": script.final_text, "annotations": []}],
+            "content": [{"type": "output_text", "text": script.text(), "annotations": []}],
         }
     else:
         # Add File fails on an existing file: a follow-up run edits a new one
@@ -45,10 +45,21 @@ def reply(body: dict[str, Any], script: Script) -> list[Event]:
     response: dict[str, Any] = {"id": response_id, "object": "response",
                                 "model": body.get("model"), "status": "in_progress", "output": []}
     done = {**response, "status": "completed", "output": [item], "usage": USAGE}
+    text_events: list[Event] = []
+    if item["type"] == "message":  # as the real API: the text in deltas, then whole
+        text = item["content"][0]["text"]
+        where = {"item_id": item["id"], "output_index": 0, "content_index": 0}
+        text_events = [
+            ("response.output_text.delta",
+             {"type": "response.output_text.delta", **where, "delta": text}),
+            ("response.output_text.done",
+             {"type": "response.output_text.done", **where, "text": text}),
+        ]
     return [
         ("response.created", {"type": "response.created", "response": response}),
         ("response.output_item.added",
          {"type": "response.output_item.added", "output_index": 0, "item": item}),
+        *text_events,
         ("response.output_item.done",
          {"type": "response.output_item.done", "output_index": 0, "item": item}),
         ("response.completed", {"type": "response.completed", "response": done}),

@@ -16,8 +16,15 @@ class Script:
 
     edit_path: str = "FAKE_EDIT.md"
     final_text: str = "Edited FAKE_EDIT.md as asked."
+    reply: str | None = None  # answer every request with this text (no tool call)
     _counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def finishes(self, last_is_tool_result: bool) -> bool:
+        return last_is_tool_result or self.reply is not None
+
+    def text(self) -> str:
+        return self.final_text if self.reply is None else self.reply
 
     def edit_content(self) -> str:
         with self._lock:
