@@ -127,7 +127,7 @@ llm_breaker_state = Gauge(
 )
 llm_ratelimit_wait = Histogram(
     "zloth_llm_ratelimit_wait_seconds", "Time a request waited for the client's rate limiter",
-    ["provider"], buckets=_DISPATCH_BUCKETS + (60.0, 120.0), registry=REGISTRY,
+    ["provider"], buckets=(*_DISPATCH_BUCKETS, 60.0, 120.0), registry=REGISTRY,
 )
 workspaces = Gauge(
     "zloth_workspaces", "Workspaces on this host by state (active, warm, finished)", ["state"],

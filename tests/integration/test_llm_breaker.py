@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -39,14 +39,6 @@ def fake() -> Iterator[FakeLLM]:
     finally:
         server.stop()
 
-
-@pytest.fixture
-async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
-    bus = await Bus.connect(nats_server.url, name="test-llm")
-    try:
-        yield bus
-    finally:
-        await bus.close()
 
 
 def ask(prompt: str) -> Request:

@@ -4,7 +4,7 @@ their TTL, they outlive the process that wrote them, and callers see hits report
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -26,14 +26,6 @@ def fake() -> Iterator[FakeLLM]:
     finally:
         server.stop()
 
-
-@pytest.fixture
-async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
-    bus = await Bus.connect(nats_server.url, name="test-llm")
-    try:
-        yield bus
-    finally:
-        await bus.close()
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from services.core import metrics
 from services.core.bus import Bus
 from services.core.llm import LLMClient, LLMError, Request, Response
 from services.core.natsd import NatsServer
@@ -73,9 +74,15 @@ async def timed(client: LLMClient, n: int) -> tuple[Response | LLMError, float]:
     return result, time.monotonic() - started
 
 
+def retries() -> float:
+    return sum(sample.value for metric in metrics.llm_retries_total.collect()
+               for sample in metric.samples if sample.name.endswith("_total"))
+
+
 async def test_every_call_ends_cleanly_within_its_deadline(
     client: LLMClient, fake: FakeLLM
 ) -> None:
+    retried_before = retries()
     async with asyncio.timeout(DEADLINE + 10):
         outcomes = await asyncio.gather(*(timed(client, n) for n in range(CALLS)))
     by_prompt: dict[str, list[Hit]] = defaultdict(list)
@@ -92,6 +99,7 @@ async def test_every_call_ends_cleanly_within_its_deadline(
     succeeded = sum(isinstance(r, Response) for r, _ in outcomes)
     assert succeeded >= 0.95 * CALLS
     assert sum(len(hits) > 1 for hits in by_prompt.values()) >= 0.1 * CALLS  # retries ran
+    assert retries() - retried_before == len(fake.hits()) - CALLS  # and were counted
 
     honoured = 0
     for hits in by_prompt.values():

@@ -1,35 +1,28 @@
 """Client-side rate limiting against a fake provider that allows N requests per window
 and answers 429 above it.
 
-Scaled 60:1 from the issue: "N requests per minute" is N = 50 per 1 s window here, and
-the client's burst is 1 (its default, a second's worth, is N/60 at a minute's scale). The
-limiter and the server's count work the same at any window length.
+Scaled 30:1 from the issue: "N requests per minute" is N = 100 per 2 s window here, and
+the client's burst is 2 (its default, a second's worth, is N/60 at a minute's scale). The
+limiter and the server's count work the same at any window length; only the client's
+5 % headroom shrinks with the window (100 ms here) while its send jitter does not, which
+is why the window is not scaled further.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from services.core.bus import Bus
 from services.core.llm import LLMClient, LLMError, Request, SecretStore
-from services.core.natsd import NatsServer
-from tests.support.fake_llm import FakeLLM, RateRule, fake_settings, secret_store
+from tests.support.fake_llm import FakeLLM, FakeProcess, RateRule, fake_settings, secret_store
 
-N = 50
-WINDOW = 1.0
+N = 100
+WINDOW = 2.0
 
-
-@pytest.fixture
-async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
-    bus = await Bus.connect(nats_server.url, name="test-llm")
-    try:
-        yield bus
-    finally:
-        await bus.close()
 
 
 @pytest.fixture
@@ -69,19 +62,25 @@ async def run(client: LLMClient, calls: int, provider: str = "openai") -> list[A
         return await asyncio.gather(*(one(n) for n in range(calls)))
 
 
-async def test_200_concurrent_calls_never_exceed_the_limit(
-    bus: Bus, store: SecretStore, fake: FakeLLM
-) -> None:
+async def test_200_concurrent_calls_never_exceed_the_limit(bus: Bus, store: SecretStore) -> None:
     """200 calls at once, limiter set to the provider's N per window: no window at the
-    server ever holds more than N arrivals, and not one 429 comes back."""
-    settings = fake_settings(fake, provider={"requests_per_window": N, "window_seconds": WINDOW,
-                                             "burst": 1})
-    async with LLMClient(settings, bus, store) as client:
-        results = await run(client, 200)
-    hits = fake.hits()
-    assert all(not isinstance(r, LLMError) for r in results)
-    assert len(hits) == 200 and all(h.status == 200 for h in hits)
-    assert busiest_window([h.at for h in hits], WINDOW) <= N
+    server ever holds more than N arrivals, and not one 429 comes back. The provider runs
+    in its own process, so the arrival times it records are not skewed by this one."""
+    fake = await FakeProcess.start(limit=N, window=WINDOW)
+    settings = fake_settings(fake, provider={
+        "requests_per_window": N, "window_seconds": WINDOW, "burst": 2,
+        "read_timeout": 10.0, "attempt_timeout": 10.0})  # load must not look like an outage
+    try:
+        async with LLMClient(settings, bus, store) as client:
+            results = await run(client, 200)
+    finally:
+        hits = await fake.stop()
+    failures = [str(r) for r in results if isinstance(r, LLMError)]
+    assert not failures, failures[:3]
+    assert [h for h in hits if h.status != 200] == []
+    assert len(hits) == 200
+    busiest = busiest_window([h.at for h in hits], WINDOW)
+    assert busiest <= N, f"{busiest} arrivals within {WINDOW}s"
 
 
 async def test_without_the_limiter_the_provider_is_overrun(
@@ -89,9 +88,9 @@ async def test_without_the_limiter_the_provider_is_overrun(
 ) -> None:
     """The control for the test above: the same burst with no limiter piles more than N
     requests into one window, and 429s come back."""
-    settings = fake_settings(fake, max_attempts=1, provider={"respect_rate_headers": False})
+    settings = fake_settings(fake, max_attempts=1, provider={"rate_limiting": False})
     async with LLMClient(settings, bus, store) as client:
-        await run(client, 100)
+        await run(client, 2 * N)
     hits = fake.hits()
     assert busiest_window([h.at for h in hits], WINDOW) > N
     assert sum(h.status == 429 for h in hits) > 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import msgspec
 import pytest
@@ -22,7 +22,6 @@ from services.core.llm import (
     SecretError,
     SecretStore,
 )
-from services.core.natsd import NatsServer
 from services.core.telemetry import configure_logging
 from tests.support.fake_llm import API_KEY, FakeLLM, Fault, fake_settings, secret_store
 
@@ -30,14 +29,6 @@ from tests.support.fake_llm import API_KEY, FakeLLM, Fault, fake_settings, secre
 def new_key(key_id: str) -> str:
     return f"{key_id}:{base64.b64encode(os.urandom(32)).decode()}"
 
-
-@pytest.fixture
-async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
-    bus = await Bus.connect(nats_server.url, name="test-secrets")
-    try:
-        yield bus
-    finally:
-        await bus.close()
 
 
 async def raw(bus: Bus, name: str) -> dict[str, str]:

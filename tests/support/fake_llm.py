@@ -10,18 +10,21 @@ client puts on the test's loop cannot skew what the server measures.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
@@ -29,7 +32,17 @@ import msgspec
 from services.core.bus import Bus
 from services.core.llm.secrets import Keyring, SecretStore
 from services.core.llm.settings import LLMSettings, ProviderSettings
+from tests.support.fake_llm_wire import (
+    error_body,
+    json_body,
+    presented_key,
+    prompt_of,
+    rate_headers,
+    route,
+    sse_events,
+)
 
+ROOT = Path(__file__).resolve().parents[2]  # `python -m tests.…` runs from here
 API_KEY = "sk-fake-0123456789abcdefSECRET"
 FaultKind = Literal["ok", "429", "5xx", "hang", "cut", "truncate", "down"]
 
@@ -208,20 +221,20 @@ class FakeLLM:
     async def _respond(self, target: str, headers: dict[str, str], body: Any,
                        writer: asyncio.StreamWriter) -> bool:
         now = time.monotonic()
-        route = _route(target, body)
-        if route is None:
+        found = route(target, body)
+        if found is None:
             await _write(writer, 404, {}, {"error": {"message": f"no route {target}"}})
             return True
-        provider, api, stream = route
-        if _presented_key(provider, headers) != self.api_key:
-            presented = _presented_key(provider, headers)
+        provider, api, stream = found
+        if presented_key(provider, headers) != self.api_key:
+            presented = presented_key(provider, headers)
             with self._lock:
                 self.echoed_keys += 1
             # OpenAI echoes (part of) a wrong key back: the client must not log it.
             await _write(writer, 401, {}, {"error": {
                 "message": f"Incorrect API key provided: {presented}", "type": "auth"}})
             return True
-        prompt = _prompt(provider, api, body)
+        prompt = prompt_of(provider, api, body)
         with self._lock:
             attempt = self._attempts[prompt] = self._attempts.get(prompt, 0) + 1
         fault = Fault(kind="down") if self.down else (
@@ -231,7 +244,7 @@ class FakeLLM:
             with self._lock:
                 ok, remaining, reset, free_in = self.rule.admit(now)
             if self.rate_headers:
-                extra = _rate_headers(provider, self.rule.limit, remaining, reset)
+                extra = rate_headers(provider, self.rule.limit, remaining, reset)
             if not ok:
                 # Retry-After is whole seconds (RFC 9110): never earlier than the free slot.
                 announced = max(1, math.ceil(free_in)) if self.rule.retry_after else None
@@ -262,17 +275,17 @@ class FakeLLM:
             headers = dict(extra)
             if fault.retry_after is not None:
                 headers["retry-after"] = str(int(fault.retry_after))
-            await _write(writer, 429, headers, _error_body(provider, 429, fault.retry_after))
+            await _write(writer, 429, headers, error_body(provider, 429, fault.retry_after))
             return True
         if fault.kind in ("5xx", "down"):
-            await _write(writer, status, extra, _error_body(provider, status, None))
+            await _write(writer, status, extra, error_body(provider, status, None))
             return True
         text = f"reply {hashlib.sha256(prompt.encode()).hexdigest()[:8]} to {prompt[:24]}"
         usage = (max(1, len(prompt) // 4), len(text) // 4 + 1)
         if stream:
-            events = _sse_events(provider, api, text, usage)
+            events = sse_events(provider, api, text, usage)
             return await _write_sse(writer, extra, events, fault.kind)
-        payload = _json_body(provider, api, text, usage)
+        payload = json_body(provider, api, text, usage)
         if fault.kind in ("cut", "truncate"):
             raw = json.dumps(payload).encode()
             head = _head(200, {**extra, "content-type": "application/json",
@@ -282,154 +295,6 @@ class FakeLLM:
             return False  # close mid-body
         await _write(writer, 200, extra, payload)
         return True
-
-
-def _route(target: str, body: Any) -> tuple[str, str, bool] | None:
-    path = target.split("?", 1)[0]
-    if path == "/v1/chat/completions":
-        return "openai", "chat", bool(body.get("stream"))
-    if path == "/v1/responses":
-        return "openai", "responses", bool(body.get("stream"))
-    if path == "/v1/messages":
-        return "anthropic", "messages", bool(body.get("stream"))
-    if path.startswith("/v1beta/models/"):
-        if path.endswith(":generateContent"):
-            return "google", "generate", False
-        if path.endswith(":streamGenerateContent") and "alt=sse" in target:
-            return "google", "generate", True
-    return None
-
-
-def _presented_key(provider: str, headers: dict[str, str]) -> str:
-    if provider == "openai":
-        return headers.get("authorization", "").removeprefix("Bearer ")
-    if provider == "anthropic":
-        return headers.get("x-api-key", "") if "anthropic-version" in headers else ""
-    return headers.get("x-goog-api-key", "")
-
-
-def _prompt(provider: str, api: str, body: Any) -> str:
-    """The user text of the request, joined: what tests key their plans on."""
-    if provider == "google":
-        return "\n".join(p.get("text", "") for c in body.get("contents", []) if c["role"] == "user"
-                         for p in c.get("parts", []))
-    items = body.get("messages") or body.get("input") or []
-    return "\n".join(str(m["content"]) for m in items if m.get("role") == "user")
-
-
-def _rate_headers(provider: str, limit: int, remaining: int, reset: float) -> dict[str, str]:
-    if provider == "openai":
-        return {"x-ratelimit-limit-requests": str(limit),
-                "x-ratelimit-remaining-requests": str(remaining),
-                "x-ratelimit-reset-requests": f"{reset:.3f}s"}
-    if provider == "anthropic":
-        when = datetime.fromtimestamp(time.time() + reset, UTC).isoformat().replace("+00:00", "Z")
-        return {"anthropic-ratelimit-requests-limit": str(limit),
-                "anthropic-ratelimit-requests-remaining": str(remaining),
-                "anthropic-ratelimit-requests-reset": when}
-    return {}
-
-
-def _error_body(provider: str, status: int, retry_after: float | None) -> dict[str, Any]:
-    message = "rate limit exceeded" if status == 429 else "the server had an error"
-    if provider == "anthropic":
-        kind = "rate_limit_error" if status == 429 else "overloaded_error"
-        return {"type": "error", "error": {"type": kind, "message": message}}
-    if provider == "google":
-        error: dict[str, Any] = {"code": status, "message": message,
-                                 "status": "RESOURCE_EXHAUSTED" if status == 429 else "UNAVAILABLE"}
-        if retry_after is not None:
-            error["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
-                                 "retryDelay": f"{int(retry_after)}s"}]
-        return {"error": error}
-    return {"error": {"message": message, "type": "server_error", "code": None}}
-
-
-def _json_body(provider: str, api: str, text: str, usage: tuple[int, int]) -> dict[str, Any]:
-    tokens_in, tokens_out = usage
-    if provider == "anthropic":
-        return {"id": "msg_1", "type": "message", "role": "assistant", "model": "m",
-                "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
-                "usage": {"input_tokens": tokens_in, "output_tokens": tokens_out}}
-    if provider == "google":
-        return {"candidates": [{"content": {"role": "model", "parts": [{"text": text}]},
-                                "finishReason": "STOP", "index": 0}],
-                "usageMetadata": {"promptTokenCount": tokens_in,
-                                  "candidatesTokenCount": tokens_out,
-                                  "totalTokenCount": tokens_in + tokens_out}}
-    if api == "chat":
-        return {"id": "chatcmpl-1", "object": "chat.completion", "model": "m",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": tokens_in, "completion_tokens": tokens_out,
-                          "total_tokens": tokens_in + tokens_out}}
-    return _openai_response(text, tokens_in, tokens_out)
-
-
-def _openai_response(text: str, tokens_in: int, tokens_out: int) -> dict[str, Any]:
-    return {"id": "resp_1", "object": "response", "status": "completed", "model": "m",
-            "output": [{"type": "message", "id": "msg_1", "role": "assistant", "status":
-                        "completed", "content": [{"type": "output_text", "text": text,
-                                                  "annotations": []}]}],
-            "usage": {"input_tokens": tokens_in, "output_tokens": tokens_out,
-                      "total_tokens": tokens_in + tokens_out}}
-
-
-def _pieces(text: str) -> list[str]:
-    third = max(1, len(text) // 3)
-    return [text[:third], text[third: 2 * third], text[2 * third:]]
-
-
-def _sse_events(provider: str, api: str, text: str, usage: tuple[int, int]) -> list[bytes]:
-    """The provider's event sequence; the last event is the one that says "complete"."""
-    tokens_in, tokens_out = usage
-
-    def event(name: str | None, data: Any) -> bytes:
-        line = data if isinstance(data, str) else json.dumps(data)
-        return (f"event: {name}\n" if name else "").encode() + f"data: {line}\n\n".encode()
-
-    pieces = _pieces(text)
-    if provider == "anthropic":
-        return [
-            event("message_start", {"type": "message_start", "message": {
-                "id": "msg_1", "type": "message", "role": "assistant", "content": [],
-                "usage": {"input_tokens": tokens_in, "output_tokens": 1}}}),
-            event("content_block_start", {"type": "content_block_start", "index": 0,
-                                          "content_block": {"type": "text", "text": ""}}),
-            event("ping", {"type": "ping"}),
-            *[event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                            "delta": {"type": "text_delta", "text": p}})
-              for p in pieces],
-            event("content_block_stop", {"type": "content_block_stop", "index": 0}),
-            event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
-                                    "usage": {"output_tokens": tokens_out}}),
-            event("message_stop", {"type": "message_stop"}),
-        ]
-    if provider == "google":
-        chunks: list[dict[str, Any]] = [
-            {"candidates": [{"content": {"role": "model", "parts": [{"text": p}]}}]}
-            for p in pieces]
-        chunks[-1]["candidates"][0]["finishReason"] = "STOP"
-        chunks[-1]["usageMetadata"] = {"promptTokenCount": tokens_in,
-                                       "candidatesTokenCount": tokens_out}
-        return [event(None, c) for c in chunks]
-    if api == "chat":
-        deltas = [event(None, {"object": "chat.completion.chunk", "choices": [
-            {"index": 0, "delta": {"content": p}, "finish_reason": None}]}) for p in pieces]
-        return [*deltas,
-                event(None, {"object": "chat.completion.chunk", "choices": [
-                    {"index": 0, "delta": {}, "finish_reason": "stop"}]}),
-                event(None, {"object": "chat.completion.chunk", "choices": [], "usage": {
-                    "prompt_tokens": tokens_in, "completion_tokens": tokens_out}}),
-                event(None, "[DONE]")]
-    return [
-        event("response.created", {"type": "response.created", "response": {"status":
-                                                                             "in_progress"}}),
-        *[event("response.output_text.delta", {"type": "response.output_text.delta",
-                                               "delta": p}) for p in pieces],
-        event("response.completed", {"type": "response.completed",
-                                     "response": _openai_response(text, tokens_in, tokens_out)}),
-    ]
 
 
 _REASONS = {200: "OK", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests",
@@ -468,14 +333,15 @@ async def _write_sse(writer: asyncio.StreamWriter, headers: dict[str, str],
     return True
 
 
-def fake_settings(fake: FakeLLM, **overrides: Any) -> LLMSettings:
-    """Client settings aimed at `fake` for all three providers, with test-sized timeouts.
-
-    Provider fields go in `provider={...}`; everything else is an LLMSettings field."""
+def fake_settings(fake: FakeLLM | FakeProcess | str, **overrides: Any) -> LLMSettings:
+    """Client settings aimed at `fake` (or a base URL) for all three providers, with
+    test-sized timeouts. Provider fields go in `provider={...}`; the rest are LLMSettings
+    fields."""
+    base_url = fake if isinstance(fake, str) else fake.base_url
     provider_fields: dict[str, Any] = {"connect_timeout": 1.0, "read_timeout": 1.0,
                                        "attempt_timeout": 2.0}
     provider_fields.update(overrides.pop("provider", {}))
-    providers = {name: ProviderSettings(base_url=fake.base_url, key_name=f"llm.{name}",
+    providers = {name: ProviderSettings(base_url=base_url, key_name=f"llm.{name}",
                                         **provider_fields)
                  for name in ("openai", "anthropic", "google")}
     values: dict[str, Any] = {"providers": providers, "backoff_base": 0.05, "backoff_max": 0.5,
@@ -502,3 +368,54 @@ async def secret_store(bus: Bus, master_key: str = MASTER_KEY, api_key: str = AP
 def settings_json(settings: LLMSettings) -> str:
     """For handing settings to a replica process."""
     return msgspec.json.encode(settings).decode()
+
+
+class FakeProcess:
+    """The fake in a process of its own, for measurements: in the client's process its
+    thread and the client would take turns on the GIL, adding milliseconds of jitter
+    between a request leaving and the server seeing it. Plain rate-limited serving only
+    (no plans, no `down`); its hits come back when it stops."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
+        self.proc = proc
+        self.base_url = f"http://127.0.0.1:{port}"
+
+    @classmethod
+    async def start(cls, *, limit: int = 0, window: float = 1.0, bucket: bool = False,
+                    latency: float = 0.0) -> FakeProcess:
+        argv = ["--limit", str(limit), "--window", str(window), "--latency", str(latency)]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.support.fake_llm", *argv, *(["--bucket"] * bucket),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=ROOT)
+        assert proc.stdout is not None
+        async with asyncio.timeout(20):
+            port = int(await proc.stdout.readline())
+        return cls(proc, port)
+
+    async def stop(self) -> list[Hit]:
+        async with asyncio.timeout(30):
+            out, _ = await self.proc.communicate(b"")
+        return [Hit(**json.loads(line)) for line in out.decode().splitlines() if line.strip()]
+
+
+def main(argv: list[str]) -> None:
+    """`python -m tests.support.fake_llm`: prints the port, serves until stdin closes,
+    then prints every hit as a JSON line (see FakeProcess)."""
+    parser = argparse.ArgumentParser(prog="python -m tests.support.fake_llm")
+    parser.add_argument("--limit", type=int, default=0)
+    parser.add_argument("--window", type=float, default=1.0)
+    parser.add_argument("--bucket", action="store_true")
+    parser.add_argument("--latency", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    rule = RateRule(limit=args.limit, window=args.window, bucket=args.bucket) if args.limit \
+        else None
+    fake = FakeLLM(rule=rule, latency=args.latency).start()
+    print(fake.port, flush=True)
+    sys.stdin.read()
+    fake.stop()
+    for hit in fake.hits():
+        print(json.dumps(dataclasses.asdict(hit)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -20,6 +20,7 @@ import msgspec
 from services.core.bus import Bus
 from services.core.llm import Keyring, LLMClient, LLMError, LLMSettings, Request, SecretStore
 from services.core.telemetry import configure_logging
+from tests.support.fake_llm import ROOT
 
 
 async def serve(url: str, settings: LLMSettings) -> None:
@@ -61,7 +62,7 @@ class Replica:
         env = {**os.environ, "ZLOTH_MASTER_KEY": master_key}
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tests.support.llm_replica", url, settings_json,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env)
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env, cwd=ROOT)
         assert proc.stdout is not None
         async with asyncio.timeout(20):
             line = await proc.stdout.readline()

@@ -129,3 +129,25 @@ async def test_headers_are_ignored_when_told_to() -> None:
     async with lim.admit(1) as grant:
         lim.observe(RateInfo(remaining_requests=0, requests_reset=9.0), grant)
     assert await starts(lim, clock, 2) == [0.0, 0.0]
+
+
+async def test_a_known_limit_refills_the_budget_gradually() -> None:
+    """Limit 10, none left, full in 5 s: a token bucket refilling 2 per second, so the
+    next requests go every half second instead of all waiting the whole 5 s."""
+    clock = VirtualClock()
+    lim = limiter(clock)
+    async with lim.admit(1) as grant:
+        lim.observe(RateInfo(remaining_requests=0, requests_reset=5.0, limit_requests=10),
+                    grant)
+    assert await starts(lim, clock, 3) == [0.5, 1.0, 1.5]
+
+
+async def test_the_window_starts_when_the_request_leaves() -> None:
+    """Admitted at 0 but sent at 4 (a slow connect, a busy loop): the next request of a
+    1-per-10 s limit may leave at 14, not 10, or the provider would see two in 10 s."""
+    clock = VirtualClock()
+    lim = limiter(clock, requests_per_window=1, window_seconds=10.0)
+    async with lim.admit(1) as grant:
+        clock.now = 4.0
+        lim.sent(grant)
+    assert await starts(lim, clock, 1) == [14.0]

@@ -8,11 +8,19 @@ from email.utils import formatdate
 
 import pytest
 
+from services.core.config import load_settings
+from services.core.errors import ConfigError, Reject, Retry
 from services.core.llm.anthropic import Anthropic
+from services.core.llm.errors import (
+    ProviderFailed,
+    ProviderRejected,
+    ProviderUnavailable,
+    as_handler_control,
+)
 from services.core.llm.google import Google
 from services.core.llm.openai import OpenAI
 from services.core.llm.request import ChatMessage, Request, cache_key
-from services.core.llm.settings import ProviderSettings
+from services.core.llm.settings import LLMSettings, ProviderSettings
 from services.core.llm.transport import _raise_for
 from services.core.llm.wire import (
     Refused,
@@ -147,3 +155,30 @@ def test_keys_go_in_headers_never_in_urls() -> None:
     assert "AIzaSECRET" not in call.url and call.headers["x-goog-api-key"] == "AIzaSECRET"
     assert call.url == ("https://example.test/v1beta/models/gemini:streamGenerateContent"
                         "?alt=sse")
+
+
+def test_job_handlers_retry_later_or_reject() -> None:
+    """The breaker's error asks the job to come back after the open period; a refusal
+    dead-letters it; exhausted retries come back after the provider's Retry-After."""
+    later = as_handler_control(ProviderUnavailable("openai", 12.5))
+    assert isinstance(later, Retry) and later.delay == 12.5
+    assert isinstance(as_handler_control(ProviderRejected("openai", 400, "bad")), Reject)
+    failed = as_handler_control(ProviderFailed("google", "rate_limited", 3, "429", 30.0))
+    assert isinstance(failed, Retry) and failed.delay == 30.0
+    assert not ProviderUnavailable("openai", 1.0).non_retryable
+
+
+def test_settings_from_the_environment() -> None:
+    """A provider named in ZLOTH_LLM_PROVIDERS keeps the defaults it does not override;
+    an unknown provider or field is a ConfigError that names it."""
+    env = {"ZLOTH_LLM_PROVIDERS": '{"anthropic": {"requests_per_window": 50}}',
+           "ZLOTH_LLM_CACHE_TTL_SECONDS": "600"}
+    settings = load_settings(LLMSettings, env, service="llm")
+    anthropic = settings.provider("anthropic")
+    assert (anthropic.requests_per_window, anthropic.key_name) == (50, "llm.anthropic")
+    assert anthropic.base_url == "https://api.anthropic.com"
+    assert settings.provider("google").base_url.startswith("https://generativelanguage")
+    assert settings.cache_ttl_seconds == 600.0
+    for bad, named in (('{"mistral": {}}', "mistral"), ('{"openai": {"rpm": 5}}', "rpm")):
+        with pytest.raises(ConfigError, match=named):
+            load_settings(LLMSettings, {"ZLOTH_LLM_PROVIDERS": bad}, service="llm")

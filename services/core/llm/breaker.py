@@ -135,8 +135,13 @@ class Breaker:
 
     async def _read(self, provider: str) -> tuple[KvEntry | None, BreakerState]:
         entry = await self._bus.kv_get_entry(self._bucket, provider)
-        state = BreakerState() if entry is None else msgspec.json.decode(
-            entry.value, type=BreakerState)
+        state = BreakerState()
+        if entry is not None:
+            try:
+                state = msgspec.json.decode(entry.value, type=BreakerState)
+            except msgspec.DecodeError:
+                # Another version's format: start closed; the next write replaces it.
+                self._log.warning("llm_breaker_state_unreadable", provider=provider)
         metrics.llm_breaker_state.labels(provider).set(_GAUGE[state.state])
         if state.state == "closed":
             self._open_until.pop(provider, None)

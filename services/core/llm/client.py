@@ -9,7 +9,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol
 
@@ -48,7 +48,7 @@ class _Call:
     request: Request
     adapter: Adapter
     budget_end: float  # monotonic: the earlier of the deadline and the retry budget
-    key: str = ""
+    key: str = field(default="", repr=False)  # the API key: never in a repr or traceback
     attempts: int = 0
 
 
@@ -93,7 +93,8 @@ class LLMClient:
         return self._limiters[provider]
 
     async def complete(self, request: Request) -> Response:
-        """The provider's answer (or the cache's); raises an LLMError (errors.py)."""
+        """The provider's answer (or the cache's). Raises an LLMError (errors.py), or
+        ValueError for a request no provider could accept (nothing is sent)."""
         request.validate()
         deadline = request.deadline_seconds or self._s.deadline_seconds
         started = time.monotonic()
@@ -141,7 +142,7 @@ class LLMClient:
         call.key = await self._api_key(request.provider)
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(Transient),
-            wait=lambda state: self._wait(call, state),
+            wait=self._wait,
             stop=lambda state: self._stop(call, state),
             before_sleep=lambda state: self._on_retry(call, state),
             reraise=True,
@@ -185,7 +186,8 @@ class LLMClient:
             started = time.monotonic()
             try:
                 exchange = await self._transport.send(
-                    call.adapter, call.request, self._s.provider(provider), call.key)
+                    call.adapter, call.request, self._s.provider(provider), call.key,
+                    on_sent=lambda: limiter.sent(grant))
             except Transient as exc:
                 self._account(limiter, grant, exc, provider)
                 raise
@@ -208,7 +210,7 @@ class LLMClient:
         if exc.retry_after is not None:
             limiter.pause(exc.retry_after)  # every caller in this process waits, not just us
 
-    def _wait(self, call: _Call, state: RetryCallState) -> float:
+    def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         retry_after = exc.retry_after if isinstance(exc, Transient) else None
         backoff = wait_random_exponential(multiplier=self._s.backoff_base,

@@ -3,7 +3,9 @@ window, a concurrency cap, and pauses the provider asks for (Retry-After, spent 
 
 Requests: at most N starts in any window of W·(1+headroom) (a sliding log, exact), paced
 by a token bucket of `burst` at N per stretched window so the budget is not spent in one
-burst. Tokens: the same sliding log over estimated tokens, corrected by the real usage.
+burst. A start is re-stamped when the request's headers are written to the socket
+(`sent`), so connection set-up and a busy loop do not shift it out of the window it
+lands in. Tokens: the same sliding log over estimated tokens, corrected by real usage.
 
 Across replicas we chose NOT to coordinate through KV: that would put a NATS round trip
 and a compare-and-set contention point in front of every LLM call. Each replica gets its
@@ -28,7 +30,7 @@ from services.core.llm.wire import RateInfo
 
 @dataclass
 class Grant:
-    """One admitted request: when it started, its token charge, how long it waited."""
+    """One admitted request: when it started (was sent), its token charge, its wait."""
 
     at: float
     tokens: int
@@ -92,7 +94,7 @@ class Limiter:
         self._sleep = sleep
         self._slots = asyncio.Semaphore(max(1, settings.max_concurrency))
         self._lock = asyncio.Lock()  # FIFO: waiters are admitted in arrival order
-        self._starts: deque[float] = deque()
+        self._starts: deque[Grant] = deque()
         self._charges: deque[Grant] = deque()
         self._level = self._burst
         self._level_at = clock()
@@ -117,6 +119,11 @@ class Limiter:
     @property
     def in_flight(self) -> int:
         return len(self._live)
+
+    def sent(self, grant: Grant) -> None:
+        """The request is leaving now: its window starts here, not at admission. (Only
+        ever later, so the log stays a safe over-estimate even if no longer sorted.)"""
+        grant.at = max(grant.at, self._clock())
 
     def settle(self, grant: Grant, tokens: int) -> None:
         """Replace the estimate with the tokens the provider counted."""
@@ -152,7 +159,7 @@ class Limiter:
             self._requests_left.spend(1, now)
             self._tokens_left.spend(tokens, now)
             if self._rpm:
-                self._starts.append(now)
+                self._starts.append(grant)
                 self._level -= 1.0
             if self._tpm:
                 self._charges.append(grant)
@@ -163,10 +170,10 @@ class Limiter:
                     self._tokens_left.blocks(tokens, now))
         horizon = now - self._window
         if self._rpm:
-            while self._starts and self._starts[0] <= horizon:
+            while self._starts and self._starts[0].at <= horizon:
                 self._starts.popleft()
             if len(self._starts) >= self._rpm:
-                delay = max(delay, self._starts[0] - horizon)
+                delay = max(delay, self._starts[0].at - horizon)
             self._level = min(self._burst, self._level + (now - self._level_at) * self._rate)
             self._level_at = now
             if self._level < 1.0:

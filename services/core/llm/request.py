@@ -85,7 +85,7 @@ def cache_key(request: Request) -> str:
     canonical = {
         "v": 1,
         "provider": request.provider,
-        "api": request.api,
+        "api": request.api or ("responses" if request.provider == "openai" else ""),
         "model": request.model,
         "messages": [[m.role, fold(m.content)] for m in request.conversation()],
         "max_tokens": request.max_tokens,

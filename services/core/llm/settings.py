@@ -8,8 +8,8 @@ import msgspec
 
 
 class ProviderSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    base_url: str
-    key_name: str  # the secret-store entry holding the API key
+    base_url: str = ""  # "": the provider's public API
+    key_name: str = ""  # the secret-store entry holding the API key; "": llm.<provider>
     # Client-side rate limit of THIS replica (see ratelimit.py): 0 disables a dimension;
     # `rate_limiting` off leaves only the concurrency cap (no budgets, headers or pauses).
     rate_limiting: bool = True
@@ -52,5 +52,15 @@ class LLMSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     key_cache_seconds: float = 60.0  # how long a decrypted API key is reused
     instance_id: str = ""
 
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.providers) - set(DEFAULT_PROVIDERS))
+        if unknown:
+            raise ValueError(f"providers: unknown {unknown}, expected {sorted(DEFAULT_PROVIDERS)}")
+
     def provider(self, name: str) -> ProviderSettings:
-        return self.providers.get(name) or DEFAULT_PROVIDERS[name]
+        default = DEFAULT_PROVIDERS[name]
+        chosen = self.providers.get(name)
+        if chosen is None:
+            return default
+        return msgspec.structs.replace(chosen, base_url=chosen.base_url or default.base_url,
+                                       key_name=chosen.key_name or default.key_name)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,15 +57,22 @@ class Transport:
             await client.aclose()
 
     async def send(
-        self, adapter: Adapter, request: Request, settings: ProviderSettings, api_key: str
+        self, adapter: Adapter, request: Request, settings: ProviderSettings, api_key: str,
+        on_sent: Callable[[], None] | None = None,
     ) -> Exchange:
+        """One request; `on_sent` runs as its headers are written (after any connect)."""
         call = adapter.build(request, settings, api_key)
         http = self.pool(adapter.name, settings)
         answered = False
+
+        async def trace(event: str, info: Mapping[str, Any]) -> None:
+            if on_sent is not None and event.endswith("send_request_headers.started"):
+                on_sent()
+
         try:
             async with asyncio.timeout(settings.attempt_timeout):
-                async with http.stream("POST", call.url, headers=call.headers,
-                                       json=call.body) as response:
+                async with http.stream("POST", call.url, headers=call.headers, json=call.body,
+                                       extensions={"trace": trace}) as response:
                     answered = True
                     return await _read(adapter, request, call, response)
         except Transient as exc:
