@@ -13,7 +13,10 @@ import msgspec
 import structlog
 
 _SECRET_KEYS = re.compile(r"(token|secret|password|api_key|apikey|authorization|credential)", re.I)
-_SECRET_VALUES = re.compile(r"(sk-[A-Za-z0-9_\-]{8,}|gh[pousr]_[A-Za-z0-9]{16,}|Bearer\s+\S+)")
+_SECRET_VALUES = re.compile(
+    r"(sk-[A-Za-z0-9_\-]{8,}|gh[pousr]_[A-Za-z0-9]{16,}|github_pat_[A-Za-z0-9_]{20,}"
+    r"|AIza[0-9A-Za-z_\-]{20,}|Bearer\s+\S+)"
+)
 
 
 def _json_dumps(obj: Any, **_: Any) -> str:

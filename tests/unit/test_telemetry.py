@@ -17,6 +17,7 @@ def test_json_lines_with_context_and_no_secrets(capsys: pytest.CaptureFixture[st
             get_logger(service="gateway").info(
                 "provider_called", api_key="sk-live-0123456789abcdef",
                 note="used Bearer abcdef123456 and ghp_0123456789abcdefghij", attempt=2,
+                google="AIzaSyA0123456789abcdefghijklmnopqrstu",
             )
     finally:
         structlog.reset_defaults()
@@ -27,4 +28,5 @@ def test_json_lines_with_context_and_no_secrets(capsys: pytest.CaptureFixture[st
     assert entry["correlation_id"] == "req-1" and entry["run_id"] == "run_9"
     assert entry["attempt"] == 2
     assert "sk-live" not in line and "abcdef123456" not in line and "ghp_" not in line
+    assert "AIzaSy" not in line
     assert entry["api_key"] == "[redacted]"
