@@ -8,7 +8,8 @@ N = 1 and N sequential and N concurrent workspaces:
   (b) a plain checkout of the same tree from the mirror into an empty directory: the floor
   (c) zloth: a fresh workspace (init + alternates to the mirror + checkout)
   (d) zloth: a sparse workspace of one directory
-  (e) zloth: a warm workspace taken from the pool (entries recycled from finished runs)
+  (e) zloth: a warm workspace taken from the pool (entries recycled from finished runs),
+      at the pool's commit, and again after upstream moved (20 files to rewrite)
 
 Disk counts files and directories, each inode once (hard links once). The one-time mirror
 clone and the background pool refill (recycling) are reported apart. Prints JSON.
@@ -40,7 +41,7 @@ from services.workspace_manager.gc import Janitor  # noqa: E402
 from services.workspace_manager.mirrors import MirrorCache, resolve  # noqa: E402
 from services.workspace_manager.pool import WarmPool  # noqa: E402
 from services.workspace_manager.workspaces import WorkspaceFactory  # noqa: E402
-from tests.support.gitrepo import make_large_origin, make_origin  # noqa: E402
+from tests.support.gitrepo import add_commit, git, make_large_origin, make_origin  # noqa: E402
 
 REPO = "bench/repo"
 Make = Callable[[int], Awaitable[Path]]
@@ -179,11 +180,35 @@ async def bench_repo(base: Path, origin_src: Path, n: int, sparse_dir: str) -> d
                                "c_zloth_full": zloth, "d_zloth_sparse": zloth_sparse,
                                "e_zloth_warm": take}
     result.update(await run_all(makers, n, refill))
+    result["e_zloth_warm_base_moved"] = await moved(origin, mirrors, refill, take, n)
     result["pool_refill"] = {
         "per_entry_ms": [round(r * 1000, 1) for r in refills], "made": dict(pool.made),
         "note": "in the background; a round includes one 1.05 s racy-git settle",
     }
     return result
+
+
+async def moved(origin: Path, mirrors: MirrorCache, refill: Callable[[], Awaitable[None]],
+                take: Make, n: int) -> dict[str, Any]:
+    """(e) when upstream moved after the warm entries were made (20 files changed, the
+    mirror fetched since, as its scheduled refresh does): a take checks out only what
+    differs. Sequential, then concurrent."""
+    out: dict[str, Any] = {}
+    for k, label in enumerate(("seq", "conc")):
+        await refill()
+        files = git("ls-tree", "-r", "--name-only", "main", cwd=origin).split()
+        add_commit(origin, {name: f"moved {k}\n" for name in files[:: max(1, len(files) // 20)]},
+                   f"upstream moves {k}")
+        mirrors.refresh_seconds = 0
+        await mirrors.ensure(REPO, f"file://{origin}", None)
+        mirrors.refresh_seconds = 3600
+        start = 1000 + 100 * k
+        if label == "seq":
+            results = [await timed(take, start + i) for i in range(n)]
+        else:
+            results = list(await asyncio.gather(*(timed(take, start + i) for i in range(n))))
+        out[label] = summary(results)
+    return out
 
 
 def ratios(repo: dict[str, Any]) -> dict[str, Any]:
@@ -211,6 +236,10 @@ def goals(repo: dict[str, Any], large: bool) -> dict[str, Any]:
         "c_disk_within_1.1x_of_b": r["c_zloth_full"]["disk_vs_b"] <= 1.1,
         "e_p95_le_100ms_sequential": max(e[k]["p95_ms"] for k in ("n1", "seq")) <= 100,
         "e_p95_le_100ms_10_concurrent": e["conc"]["p95_ms"] <= 100,
+        "e_base_moved_p95_le_100ms_sequential": repo["e_zloth_warm_base_moved"]["seq"]["p95_ms"]
+        <= 100,
+        "e_base_moved_p95_le_100ms_10_concurrent":
+            repo["e_zloth_warm_base_moved"]["conc"]["p95_ms"] <= 100,
     }
     if large:
         out["d_10x_faster_than_a"] = r["d_zloth_sparse"]["time_vs_a"] <= 0.1

@@ -3,8 +3,8 @@
 Sources, best first: the previous run's record on this host (branch, zloth's commit), its
 commit kept in the mirror (`refs/zloth/runs/<run_id>`, survives the workspace), and when
 the record is on another host, the mirror's branch whose tip zloth committed for that run
-(its `Zloth-Run` trailer). The caller then syncs with the remote branch and merges the
-base (merging.py).
+(its `Zloth-Run` trailer). The workspace is then synced with the remote branch and the
+base merged in; a conflict stops there (the agent, when asked to, resolves one merge at a time).
 """
 
 from __future__ import annotations
@@ -14,8 +14,14 @@ from pathlib import Path
 import msgspec
 
 from services.core.git import run_git
+from services.workspace_manager import merging
 from services.workspace_manager.commits import TRAILER
-from services.workspace_manager.mirrors import RUNS_NAMESPACE, UnknownRefError, resolve
+from services.workspace_manager.mirrors import (
+    RUNS_NAMESPACE,
+    MirrorCache,
+    UnknownRefError,
+    resolve,
+)
 from services.workspace_manager.records import Record
 
 
@@ -60,3 +66,36 @@ async def _branch_of_run(mirror: Path, run_id: str) -> str | None:
         if run_id in runs.split():
             return name
     return None
+
+
+async def sync_and_merge(
+    path: Path, mirrors: MirrorCache, mirror: Path, merges: list[tuple[str | None, str]],
+    *, keep_conflicts: bool,
+) -> tuple[list[str], str | None]:
+    """Merge each (sha, what) in turn into the workspace; (conflicting files, the sha left
+    in conflict) when one conflicts and `keep_conflicts`, else ([], None)."""
+    for theirs, what in merges:
+        if theirs is None:
+            continue
+        if mirrors.partial(mirror):  # both sides' and their merge base's blobs are needed
+            base = await run_git(["merge-base", "HEAD", theirs], cwd=path, check=False)
+            for sha in (theirs, *base.stdout.split()[:1]):
+                await mirrors.fetch_blobs(mirror, sha)
+        conflicts = await merging.merge(path, theirs, what, keep_conflicts=keep_conflicts)
+        if conflicts:
+            return conflicts, theirs
+    return [], None
+
+
+async def pending_merge(path: Path, theirs: str | None) -> list[str]:
+    """[theirs] when the workspace still shows the merge left for the agent (in progress,
+    or committed by the agent), else []: after an abort or a reset to the base, a second
+    parent would claim a merge whose changes are not there."""
+    if theirs is None:
+        return []
+    try:
+        in_progress = (path / ".git" / "MERGE_HEAD").read_text().split()[:1] == [theirs]
+    except OSError:
+        in_progress = False
+    head = await run_git(["show", "-s", "--format=%P", "HEAD"], cwd=path, check=False)
+    return [theirs] if in_progress or theirs in head.stdout.split() else []

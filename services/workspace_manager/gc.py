@@ -23,12 +23,8 @@ import structlog
 
 from services.core import metrics
 from services.core.git import GitError, run_git
-from services.workspace_manager.mirrors import (
-    disk_usage,
-    drop_kept,
-    remove_tree,
-    try_host_lock,
-)
+from services.workspace_manager.fsops import disk_usage, remove_tree, try_host_lock
+from services.workspace_manager.mirrors import drop_kept
 from services.workspace_manager.records import Record, WorkspaceError
 from services.workspace_manager.workspaces import WorkspaceFactory
 
@@ -172,7 +168,8 @@ class Janitor:
             prune = "never" if mirror.name in in_use else "2.weeks.ago"
             async with mirrors.locked(mirror):
                 await run_git(
-                    ["-c", "gc.auto=6700", "-c", "gc.autoPackLimit=20",
+                    # autoDetach off: gc must finish while the mirror's lock is held.
+                    ["-c", "gc.auto=6700", "-c", "gc.autoPackLimit=20", "-c", "gc.autoDetach=false",
                      "-c", f"gc.pruneExpire={prune}", "gc", "--auto", "--quiet"],
                     cwd=mirror, timeout=3600,
                 )

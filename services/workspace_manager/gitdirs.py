@@ -63,10 +63,7 @@ def sync_refs(dest: Path, mirror: RefSnapshot) -> None:
 async def checkout_new(dest: Path, sha: str, branch: str) -> None:
     """First checkout into an empty working tree: HEAD on a new `branch` at `sha`, every
     file written (as cheap as a checkout can be: the benchmark's floor is this command)."""
-    ref = dest / ".git" / "refs" / "heads" / branch
-    ref.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(ref, f"{sha}\n".encode())
-    _write_atomic(dest / ".git" / "HEAD", f"ref: refs/heads/{branch}\n".encode())
+    start_branch(dest, branch, sha)
     done = await run_git(
         ["checkout", "--quiet", "--force", "--no-recurse-submodules", sha, "--", "."],
         cwd=dest, check=False,
@@ -90,6 +87,23 @@ async def checkout(dest: Path, sha: str, branch: str | None) -> None:
     where = ["-B", branch, sha] if branch else ["--detach", sha]
     # -f: a one-way merge to the target; whatever the index held is not carried over.
     await run_git(["checkout", "--quiet", "--force", "--no-recurse-submodules", *where], cwd=dest)
+
+
+def start_branch(dest: Path, branch: str, sha: str) -> None:
+    """HEAD on a new `branch` at `sha` (index and files untouched)."""
+    ref = dest / ".git" / "refs" / "heads" / branch
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(ref, f"{sha}\n".encode())
+    _write_atomic(dest / ".git" / "HEAD", f"ref: refs/heads/{branch}\n".encode())
+
+
+def detached_at(dest: Path) -> str | None:
+    """The sha of a detached HEAD (a warm entry's), else None."""
+    try:
+        head = (dest / ".git" / "HEAD").read_text().strip()
+    except OSError:
+        return None
+    return head if len(head) in (40, 64) and all(c in "0123456789abcdef" for c in head) else None
 
 
 def _refname(line: str) -> str:

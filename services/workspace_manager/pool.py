@@ -23,15 +23,13 @@ import structlog
 
 from services.core import metrics
 from services.core.git import GitError
+from services.workspace_manager.fsops import disk_usage, remove_tree, try_host_lock
 from services.workspace_manager.gitdirs import checkout, init_gitdir
 from services.workspace_manager.mirrors import (
     MirrorCache,
     default_branch,
-    disk_usage,
-    remove_tree,
     resolve,
     safe_name,
-    try_host_lock,
 )
 from services.workspace_manager.recycle import RecycleError, recycle, settle, verify_clean
 from services.workspace_manager.refs import read_refs

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import msgspec
 
-from services.workspace_manager.mirrors import host_lock, try_host_lock
+from services.workspace_manager.fsops import host_lock, try_host_lock
 from services.workspace_manager.refs import valid_branch
 
 # .git files (relative to .git) put back from zloth's copy before each zloth git call.
@@ -69,10 +69,6 @@ class Record(msgspec.Struct, frozen=True, kw_only=True):
     previous_run_id: str | None = None
     merge_parent: str | None = None  # a merge left in conflict for the agent
     pushed_sha: str | None = None  # what zloth last pushed (the lease of its next push)
-
-    @property
-    def live(self) -> bool:
-        return self.removed_at is None and self.finished_at is None
 
 
 class RecordStore:

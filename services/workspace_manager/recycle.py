@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from services.core.git import run_git
+from services.workspace_manager.fsops import remove_tree
 from services.workspace_manager.gitdirs import checkout, init_gitdir
-from services.workspace_manager.mirrors import remove_tree
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)

@@ -30,22 +30,23 @@ from services.workspace_manager.commits import (
     recorded_commit,
 )
 from services.workspace_manager.credentials import auth_env, without_credentials
-from services.workspace_manager.followup import locate
+from services.workspace_manager.followup import locate, pending_merge, sync_and_merge
+from services.workspace_manager.fsops import disk_usage, remove_tree
 from services.workspace_manager.gitdirs import (
     checkout,
     checkout_new,
+    detached_at,
     init_gitdir,
     set_sparse,
+    start_branch,
     sync_refs,
 )
 from services.workspace_manager.mirrors import (
     RUNS_NAMESPACE,
     MirrorCache,
     default_branch,
-    disk_usage,
     is_resolvable,
     keep_commit,
-    remove_tree,
     resolve,
 )
 from services.workspace_manager.pool import WarmPool
@@ -161,7 +162,7 @@ class WorkspaceFactory:
             record = self.records.require(ws_run)
             guard(path, record)
             branch_ref = f"refs/heads/{record.workspace.branch}"
-            parents = [base_sha, *([record.merge_parent] if record.merge_parent else [])]
+            parents = [base_sha, *await pending_merge(path, record.merge_parent)]
             done = await recorded_commit(path, record.commit, branch_ref, parents, run_id)
             if done is None:
                 check_no_markers(path, record.workspace.conflicts)
@@ -194,8 +195,8 @@ class WorkspaceFactory:
 
     async def finish(self, run_id: str) -> bool:
         """The run is terminal: its workspace may be recycled or removed from now on."""
-        if not RUN_ID.fullmatch(run_id):
-            return False
+        if not RUN_ID.fullmatch(run_id) or self.records.load(run_id) is None:
+            return False  # another host's run (every host sees every run's events)
         async with self.records.lock(run_id):
             record = self.records.load(run_id)
             if record is None or record.finished_at is not None or record.removed_at is not None:
@@ -265,13 +266,9 @@ class WorkspaceFactory:
             conflicts: list[str] = []
             merge_parent = None
             if previous_run_id is not None:
-                # Sync with the remote branch first, then bring the base in; a conflict
-                # stops there (the agent, when asked to, resolves one merge at a time).
-                keep = self.conflicts == "agent"
-                for theirs, what in ((remote, f"origin/{branch}"), (base_sha, ref)):
-                    if theirs is not None and not conflicts:
-                        conflicts = await merging.merge(tmp, theirs, what, keep_conflicts=keep)
-                        merge_parent = theirs if conflicts else None
+                merges = [(remote, f"origin/{branch}"), (base_sha, ref)]
+                conflicts, merge_parent = await sync_and_merge(
+                    tmp, self.mirrors, mirror, merges, keep_conflicts=self.conflicts == "agent")
                 start = await merging.head(tmp)
             workspace = Workspace(
                 path=str(final), branch=branch, base_ref=ref, conflicts=conflicts,
@@ -306,7 +303,10 @@ class WorkspaceFactory:
             if not sparse and self.pool.claim(repo_id, dest):
                 try:
                     sync_refs(dest, refs)
-                    await checkout(dest, sha, branch)
+                    if detached_at(dest) == sha:  # index and files are that commit already
+                        start_branch(dest, branch, sha)
+                    else:  # writes only the files that differ
+                        await checkout(dest, sha, branch)
                     return "warm"
                 except (GitError, OSError) as exc:
                     log.warning("warm_workspace_unusable", error=str(exc))

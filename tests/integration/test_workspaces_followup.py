@@ -179,3 +179,37 @@ async def test_push_conflicting_with_the_remote_fails_with_the_files(
         await factory.push(Path(ws.path), backoff=0)
     assert caught.value.files == ["notes.md"]
     assert git("show", "zloth/run1:notes.md", cwd=origin) == "someone else's\n"
+
+
+async def test_an_aborted_merge_is_not_committed_as_a_merge(
+    tmp_path: Path, origin: Path
+) -> None:
+    """When the agent aborts the merge it was handed (or it was reset away), zloth's commit
+    has one parent: it never claims a merge whose changes are not in the tree."""
+    factory = WorkspaceFactory(MirrorCache(tmp_path / "mirrors", refresh_seconds=0),
+                               tmp_path / "workspaces", conflicts="agent")
+    await _run(factory, origin, "run1", {"README.md": "ours\n"})
+    add_commit(origin, {"README.md": "theirs\n"}, "clash")
+    ws = await factory.create("run2", REPO, str(origin), None, "zloth/run2",
+                              previous_run_id="run1")
+    path = Path(ws.path)
+    git("merge", "--abort", cwd=path)
+    (path / "notes.md").write_text("other work\n")
+    result = await factory.commit(path, ws.base_sha, "no merge", "run2")
+    assert result.commit_sha is not None
+    assert _parents(path, result.commit_sha) == [ws.base_sha]
+
+
+async def test_follow_up_without_the_record_finds_the_branch_by_its_trailer(
+    factory: WorkspaceFactory, origin: Path
+) -> None:
+    """The previous run's record is on another host: its pushed branch is found in the
+    mirror by the Zloth-Run trailer of its tip, and continued."""
+    ws, sha = await _run(factory, origin, "run1", {"notes.md": "one\n"})
+    await factory.push(Path(ws.path))
+    factory.records.delete("run1")
+    second = await factory.create("run2", REPO, str(origin), None, "zloth/run2",
+                                  previous_run_id="run1")
+    assert second.branch == "zloth/run1"
+    assert second.base_sha == sha
+    assert (Path(second.path) / "notes.md").read_text() == "one\n"

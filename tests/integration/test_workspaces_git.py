@@ -161,6 +161,25 @@ async def test_unknown_base_ref_fails_after_one_fetch(
     assert not (factory.root / "run1").exists()
 
 
+async def test_partial_mirror_fetches_the_blobs_a_workspace_needs(tmp_path: Path) -> None:
+    """With `--filter=blob:none` the mirror holds no blob until a workspace needs one; then
+    the base tree's blobs come in one fetch, older versions stay out."""
+    origin = make_origin(tmp_path / "upstream", commits=4)
+    git("config", "uploadpack.allowFilter", "true", cwd=origin)
+    mirrors = MirrorCache(tmp_path / "mirrors", refresh_seconds=3600, blob_filter="blob:none")
+    factory = WorkspaceFactory(mirrors, tmp_path / "workspaces")
+    # file://: git ignores --filter when it clones a plain local path
+    ws = await factory.create("run1", REPO, f"file://{origin}", None, "zloth/run1")
+    assert _files(Path(ws.path)) == set(origin_files())
+    assert git("status", "--porcelain", cwd=Path(ws.path)) == ""
+    mirror = mirrors.path_for(REPO)
+    missing = git("rev-list", "--objects", "--missing=print", "--all", cwd=mirror,
+                  env={"GIT_NO_LAZY_FETCH": "1"})
+    assert [line for line in missing.splitlines() if line.startswith("?")]  # old versions
+    assert "?" not in git("rev-list", "--objects", "--missing=print", "main^{tree}",
+                          cwd=mirror, env={"GIT_NO_LAZY_FETCH": "1"})
+
+
 # --- workspaces.py: create --------------------------------------------------------------
 
 
