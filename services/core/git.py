@@ -13,6 +13,8 @@ from pathlib import Path
 
 import msgspec
 
+from services.core.spawn import DEVNULL, PIPE, Child, spawn
+
 # Config given on the command line wins over every config file, so these neutralise what an
 # agent may have written into `.git/config` (hooks, fsmonitor, ssh/askpass/credential
 # programs, ext:: transport). Note `diff.external=` makes a porcelain diff fail ("external diff
@@ -121,13 +123,11 @@ async def run_git(
     if cwd is not None:
         # A workspace whose .git was deleted must not make git find an enclosing repository.
         extra.setdefault("GIT_CEILING_DIRECTORIES", str(Path(cwd).absolute().parent))
-    proc = await asyncio.create_subprocess_exec(
-        *git_argv(args),
+    proc = await spawn(
+        git_argv(args),
         cwd=cwd,
         env=git_env(extra),
-        stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        stdin=PIPE if input is not None else DEVNULL,
         start_new_session=True,  # its own process group: a kill reaches ssh / pack-objects too
     )
     try:
@@ -154,7 +154,7 @@ async def run_git(
 
 
 async def _communicate(
-    proc: asyncio.subprocess.Process, data: bytes | None, max_stdout: int | None
+    proc: Child, data: bytes | None, max_stdout: int | None
 ) -> tuple[bytes, bytes, bool]:
     assert proc.stdout is not None
     assert proc.stderr is not None
@@ -166,7 +166,7 @@ async def _communicate(
     return out, err_task.result(), truncated
 
 
-async def _read_stdout(proc: asyncio.subprocess.Process, limit: int | None) -> tuple[bytes, bool]:
+async def _read_stdout(proc: Child, limit: int | None) -> tuple[bytes, bool]:
     assert proc.stdout is not None
     if limit is None:
         return await proc.stdout.read(), False
@@ -188,7 +188,7 @@ async def _drain(stream: asyncio.StreamReader, keep: int) -> bytes:
     return bytes(buf)
 
 
-async def _feed(proc: asyncio.subprocess.Process, data: bytes) -> None:
+async def _feed(proc: Child, data: bytes) -> None:
     assert proc.stdin is not None
     # git may exit before reading all its input (an error): that is reported by its exit code.
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
@@ -197,12 +197,12 @@ async def _feed(proc: asyncio.subprocess.Process, data: bytes) -> None:
     proc.stdin.close()
 
 
-def _killpg(proc: asyncio.subprocess.Process) -> None:
+def _killpg(proc: Child) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-async def _kill(proc: asyncio.subprocess.Process) -> None:
+async def _kill(proc: Child) -> None:
     _killpg(proc)  # even if git itself is gone: what it started may still hold our pipes
     # Shielded so a second cancellation cannot leave a zombie behind.
     await asyncio.shield(proc.wait())

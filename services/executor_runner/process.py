@@ -25,6 +25,7 @@ from typing import Any, Literal, NamedTuple
 import msgspec
 
 from schemas.executions import ExecutionOutcome
+from services.core.spawn import DEVNULL, Child, spawn
 
 __all__ = [
     "MARKER_VAR",
@@ -413,7 +414,7 @@ class _AgentRun:
     async def _spawn(
         self,
     ) -> tuple[
-        asyncio.subprocess.Process,
+        Child,
         list[tuple[_Stream, asyncio.StreamReader]],
         list[asyncio.ReadTransport],
     ]:
@@ -433,11 +434,11 @@ class _AgentRun:
                 )
                 transports.append(transport)
                 streams.append((name, reader))
-            proc = await asyncio.create_subprocess_exec(
-                *_launch_argv(self._argv, self._env, self._limits),
+            proc = await spawn(
+                _launch_argv(self._argv, self._env, self._limits),
                 cwd=self._cwd,
                 env=self._env,
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=DEVNULL,
                 stdout=write_fds[0],
                 stderr=write_fds[1],
                 start_new_session=True,

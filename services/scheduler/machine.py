@@ -34,7 +34,8 @@ def workspace_ready(run: RunRecord, event: WorkspaceReady) -> RunRecord | None:
 
 
 def agent_started(run: RunRecord, event: ExecutionStarted) -> RunRecord | None:
-    if run.state != "running" or run.attempt != event.attempt or run.agent_started_at:
+    """A timing fact, not a transition: a quick agent's finish may be handled first."""
+    if run.attempt != event.attempt or run.agent_started_at:
         return None
     return replace(run, agent_started_at=event.started_at)
 
