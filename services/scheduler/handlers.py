@@ -173,6 +173,19 @@ def snapshot(run: RunRecord) -> RunStateChanged:
     )
 
 
+def with_conflicts(instruction: str, conflicts: list[str]) -> str:
+    """The AI resolution pass: the agent resolves the merge first (zloth then refuses to
+    commit while any conflict marker remains)."""
+    if not conflicts:
+        return instruction
+    files = "\n".join(f"- {path}" for path in conflicts)
+    return (
+        "Merging the base branch into this branch left conflicts in these files:\n"
+        f"{files}\nResolve every conflict (remove all <<<<<<< ======= >>>>>>> markers, "
+        "keeping the intent of both sides), then do the following task.\n\n" + instruction
+    )
+
+
 def step_command(run: RunRecord, branch_prefix: str) -> Command | None:
     """The command the run's current state waits on, if any."""
     branch = run.branch or f"{branch_prefix}/{run.id}"
@@ -184,8 +197,8 @@ def step_command(run: RunRecord, branch_prefix: str) -> Command | None:
         return ExecuteRun(
             run_id=run.id, task_id=run.task_id, attempt=run.attempt, executor=run.executor,
             workspace_path=run.workspace_path, base_sha=run.base_sha,
-            instruction=run.instruction, resume_session=run.resume_session,
-            timeout_seconds=run.timeout_seconds,
+            instruction=with_conflicts(run.instruction, run.conflicts),
+            resume_session=run.resume_session, timeout_seconds=run.timeout_seconds,
         )
     if run.state == "committing" and run.workspace_path and run.base_sha:
         summary = (run.result.summary or "").strip()

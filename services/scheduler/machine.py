@@ -29,7 +29,7 @@ def workspace_ready(run: RunRecord, event: WorkspaceReady) -> RunRecord | None:
         return None
     return replace(
         run, state="running", workspace_path=event.path, branch=event.branch,
-        base_sha=event.base_sha,
+        base_sha=event.base_sha, conflicts=list(event.conflicts),
     )
 
 

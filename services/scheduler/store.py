@@ -37,6 +37,7 @@ class RunRecord(msgspec.Struct, kw_only=True):
     workspace_path: str | None = None
     branch: str | None = None
     base_sha: str | None = None
+    conflicts: list[str] = []  # a follow-up's merge left these for the agent to resolve
     result: RunResult = msgspec.field(default_factory=RunResult)
 
     @property

@@ -95,3 +95,22 @@ def test_workspace_failure_and_dead_letters_fail_the_current_attempt_only() -> N
     assert machine.dead_lettered(preparing, 2, "x", T0) is None
     dead = machine.dead_lettered(preparing, 1, "max deliveries", T0)
     assert dead is not None and dead.state == "failed"
+
+
+def test_conflicts_left_by_a_follow_up_merge_go_to_the_agent_first() -> None:
+    from services.scheduler.handlers import step_command
+
+    event = msgspec_replace_ready(conflicts=["src/app.py", "README.md"])
+    run = machine.workspace_ready(record(state="preparing"), event)
+    assert run is not None and run.conflicts == ["src/app.py", "README.md"]
+    command = step_command(run, "zloth")
+    assert command is not None
+    text = command.instruction  # type: ignore[attr-defined]
+    assert "- src/app.py" in text and "- README.md" in text and text.endswith("do")
+    plain = step_command(machine.workspace_ready(record(state="preparing"), ready()) or run,
+                         "zloth")
+    assert plain is not None and plain.instruction == "do"  # type: ignore[attr-defined]
+
+
+def msgspec_replace_ready(**changes: object) -> WorkspaceReady:
+    return machine.replace(ready(), **changes)
