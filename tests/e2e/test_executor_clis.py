@@ -146,7 +146,9 @@ async def test_provider_faults_end_failed_with_a_reason_and_no_process_left(
         assert not run["commit_sha"], name
         elapsed = (datetime.fromisoformat(str(run["finished_at"]))
                    - datetime.fromisoformat(str(run["agent_started_at"]))).total_seconds()
-        assert elapsed < WALL + 5, (name, elapsed)
+        # Ends by its own timeout (the reasons below say which), not by hanging on: a CLI
+        # that retries forever would run on. Slack for 15 CLIs starting on 2 cores.
+        assert elapsed < 2 * WALL, (name, elapsed)
     for cli in CLIS:  # a 400 is final: the CLI says so itself, well before any timeout
         assert "400" in str(done[f"{cli}-e400"]["reason"]), done[f"{cli}-e400"]["reason"]
         hang = str(done[f"{cli}-hang"]["reason"])
