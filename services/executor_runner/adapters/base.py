@@ -66,6 +66,16 @@ def as_int_usage(raw: Any, keys: tuple[str, ...] | None = None) -> dict[str, int
     }
 
 
+def json_event(text: str) -> dict[str, Any] | None:
+    """A stream-json line as a JSON object, or None when it is anything else (then it is
+    shown as plain stdout)."""
+    try:
+        event = msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
 class Adapter:
     """Generic: the spec's template is the command, JSON-lines events are parsed by
     `parse_line`, and the exit code decides. CLI adapters override the hooks."""

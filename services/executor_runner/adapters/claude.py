@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from services.executor_runner.adapters.base import Adapter, Parsed, as_int_usage
+from services.executor_runner.adapters.base import Adapter, Parsed, as_int_usage, json_event
 from services.executor_runner.executors import AgentResult
 
 _USAGE_KEYS = ("input_tokens", "output_tokens", "cache_creation_input_tokens",
@@ -47,11 +47,8 @@ class ClaudeAdapter(Adapter):
     state_paths = (".claude/projects",)
 
     def parse(self, text: str) -> Parsed:
-        try:
-            event = msgspec.json.decode(text)
-        except msgspec.DecodeError:
-            return "stdout", text, None
-        if not isinstance(event, dict):
+        event = json_event(text)
+        if event is None:
             return "stdout", text, None
         kind = event.get("type")
         session = event.get("session_id") if isinstance(event.get("session_id"), str) else None

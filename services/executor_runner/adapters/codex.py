@@ -16,7 +16,14 @@ from typing import Any
 
 import msgspec
 
-from services.executor_runner.adapters.base import Adapter, Parsed, RunPaths, as_int_usage, fail
+from services.executor_runner.adapters.base import (
+    Adapter,
+    Parsed,
+    RunPaths,
+    as_int_usage,
+    fail,
+    json_event,
+)
 from services.executor_runner.executors import AgentResult
 from services.executor_runner.process import ProcessOutcome
 
@@ -78,11 +85,8 @@ class CodexAdapter(Adapter):
         (config / "config.toml").write_text(config_toml(base_url), encoding="utf-8")
 
     def parse(self, text: str) -> Parsed:
-        try:
-            event = msgspec.json.decode(text)
-        except msgspec.DecodeError:
-            return "stdout", text, None
-        if not isinstance(event, dict):
+        event = json_event(text)
+        if event is None:
             return "stdout", text, None
         kind = event.get("type")
         item = event.get("item") if isinstance(event.get("item"), dict) else None

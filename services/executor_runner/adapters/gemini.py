@@ -16,9 +16,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
-from services.executor_runner.adapters.base import Adapter, Parsed, RunPaths, as_int_usage
+from services.executor_runner.adapters.base import (
+    Adapter,
+    Parsed,
+    RunPaths,
+    as_int_usage,
+    json_event,
+)
 from services.executor_runner.executors import AgentResult
 
 SETTINGS = {
@@ -52,11 +56,8 @@ class GeminiAdapter(Adapter):
             self.last_error = match.group(0)
 
     def parse(self, text: str) -> Parsed:
-        try:
-            event = msgspec.json.decode(text)
-        except msgspec.DecodeError:
-            return "stdout", text, None
-        if not isinstance(event, dict):
+        event = json_event(text)
+        if event is None:
             return "stdout", text, None
         kind = event.get("type")
         if kind == "init" and isinstance(event.get("session_id"), str):
