@@ -15,20 +15,26 @@ class SseEvent(msgspec.Struct, kw_only=True):
     data: str = ""
 
 
-async def parse(lines: AsyncIterator[str]) -> AsyncIterator[SseEvent]:
+async def parse(
+    lines: AsyncIterator[str], comments: list[str] | None = None
+) -> AsyncIterator[SseEvent]:
+    """Events from SSE lines (the WHATWG rules that matter here: fields, comments, blank
+    line dispatch; an event without data is not dispatched). Comments go to `comments`."""
     event = SseEvent()
     data: list[str] = []
     async for line in lines:
         if line == "":
-            if data or event.id is not None:
+            if data:
                 event.data = "\n".join(data)
                 yield event
             event, data = SseEvent(), []
             continue
         if line.startswith(":"):
+            if comments is not None:
+                comments.append(line[1:].strip())
             continue
         name, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
+        value = value.removeprefix(" ")
         if name == "data":
             data.append(value)
         elif name == "event":

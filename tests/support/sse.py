@@ -5,18 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
 
 import httpx
 
-
-@dataclass
-class SseEvent:
-    event: str = "message"
-    data: str = ""
-    id: str | None = None
+from services.cli.sse import SseEvent, parse
 
 
 @dataclass
@@ -32,31 +26,6 @@ class SseRead:
 
     def of(self, kind: str) -> list[SseEvent]:
         return [e for e in self.events if e.event == kind]
-
-
-async def parse(lines: AsyncIterator[str], comments: list[str]) -> AsyncIterator[SseEvent]:
-    """Events from SSE lines (the WHATWG rules that matter here: fields, comments, blank
-    line dispatch; an event without data is not dispatched)."""
-    current = SseEvent()
-    data: list[str] = []
-    async for line in lines:
-        if line == "":
-            if data:
-                current.data = "\n".join(data)
-                yield current
-            current, data = SseEvent(), []
-            continue
-        if line.startswith(":"):
-            comments.append(line[1:].strip())
-            continue
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "data":
-            data.append(value)
-        elif name == "event":
-            current.event = value
-        elif name == "id":
-            current.id = value
 
 
 async def read_sse(
