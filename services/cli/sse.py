@@ -33,14 +33,19 @@ async def parse(
             if comments is not None:
                 comments.append(line[1:].strip())
             continue
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "data":
-            data.append(value)
-        elif name == "event":
-            event.event = value
-        elif name == "id":
-            event.id = value
+        read_field(event, data, line)
+
+
+def read_field(event: SseEvent, data: list[str], line: str) -> None:
+    """Apply one `name: value` line of an event (data lines collect in `data`)."""
+    name, _, value = line.partition(":")
+    value = value.removeprefix(" ")
+    if name == "data":
+        data.append(value)
+    elif name == "event":
+        event.event = value
+    elif name == "id":
+        event.id = value
 
 
 async def follow(

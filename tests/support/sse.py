@@ -10,7 +10,7 @@ from typing import Literal
 
 import httpx
 
-from services.cli.sse import SseEvent, parse
+from services.cli.sse import SseEvent, parse, read_field
 
 
 @dataclass
@@ -64,16 +64,8 @@ def parse_block(block: bytes) -> SseEvent | None:
     data: list[str] = []
     for raw in block.split(b"\n"):
         line = raw.decode()
-        if line.startswith(":") or not line:
-            continue
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "data":
-            data.append(value)
-        elif name == "event":
-            current.event = value
-        elif name == "id":
-            current.id = value
+        if line and not line.startswith(":"):
+            read_field(current, data, line)
     if not data:
         return None
     current.data = "\n".join(data)
