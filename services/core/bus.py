@@ -31,6 +31,7 @@ from nats.js.kv import KeyValue
 from schemas.base import Message
 from schemas.streams import BucketSpec, ConsumerSpec, StreamSpec
 from services.core import metrics, tracing
+from services.core.cancels import keep_cancellation
 from services.core.errors import BackpressureError, BusError, Reject, Retry
 from services.core.leases import Leases
 from services.core.telemetry import get_logger
@@ -256,7 +257,8 @@ class Bus:
             hdrs["Nats-Msg-Id"] = msg_id
         tracing.inject(hdrs)
         try:
-            ack = await self._js.publish(subject, data, headers=hdrs or None, timeout=10)
+            ack = await keep_cancellation(
+                self._js.publish(subject, data, headers=hdrs or None, timeout=10))
         except nats.js.errors.APIError as exc:
             if exc.err_code in (10077, 10047):  # maximum messages / bytes exceeded
                 raise BackpressureError(f"{subject}: queue is full") from exc
@@ -284,16 +286,16 @@ class Bus:
 
     async def kv_get(self, bucket: str, key: str) -> bytes | None:
         """The value of `key`, or None when it is missing, deleted or expired."""
-        kv = await self._js.key_value(bucket)
+        kv = await self._kv(bucket)
         try:
-            entry = await kv.get(key)
+            entry = await keep_cancellation(kv.get(key))
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
             return None
         return entry.value
 
     async def kv_put(self, bucket: str, key: str, value: bytes) -> int:
-        kv = await self._js.key_value(bucket)
-        return int(await kv.put(key, value))
+        kv = await self._kv(bucket)
+        return int(await keep_cancellation(kv.put(key, value)))
 
     async def kv_items(self, bucket: str) -> dict[str, bytes]:
         """Every live key of `bucket`. Keys come from the bucket stream's subject index
@@ -324,7 +326,7 @@ class Bus:
         """The key's value and revision; None when it is absent, deleted or expired."""
         kv = await self._kv(bucket)
         try:
-            entry = await kv.get(key)
+            entry = await keep_cancellation(kv.get(key))
         except nats.js.errors.KeyNotFoundError:
             return None
         except (nats.errors.Error, TimeoutError) as exc:
@@ -338,7 +340,8 @@ class Bus:
         when another writer got there first. `ttl` expires this one value (seconds, ≥ 1)."""
         kv = await self._kv(bucket)
         try:
-            return int(await kv.create(key, value, msg_ttl=_ttl_seconds(ttl)))
+            return int(await keep_cancellation(
+                kv.create(key, value, msg_ttl=_ttl_seconds(ttl))))
         except nats.js.errors.KeyWrongLastSequenceError:
             return None
         except (nats.errors.Error, TimeoutError) as exc:
@@ -349,7 +352,7 @@ class Bus:
         or None when another writer changed it in between (re-read and try again)."""
         kv = await self._kv(bucket)
         try:
-            return int(await kv.update(key, value, last=revision))
+            return int(await keep_cancellation(kv.update(key, value, last=revision)))
         except nats.js.errors.KeyWrongLastSequenceError:
             return None
         except (nats.errors.Error, TimeoutError) as exc:
@@ -362,8 +365,9 @@ class Bus:
         subject = f"$KV.{bucket}.{key}"  # nats-py's KV put has no TTL: publish as it would
         try:
             if not ttl:
-                return int(await kv.put(key, value))
-            ack = await self._js.publish(subject, value, msg_ttl=_ttl_seconds(ttl))
+                return int(await keep_cancellation(kv.put(key, value)))
+            ack = await keep_cancellation(
+                self._js.publish(subject, value, msg_ttl=_ttl_seconds(ttl)))
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusError(f"KV put {bucket}/{key}: {exc}") from exc
         return int(ack.seq)
@@ -372,7 +376,7 @@ class Bus:
         """Purge `key` and its history."""
         kv = await self._kv(bucket)
         try:
-            await kv.purge(key)
+            await keep_cancellation(kv.purge(key))
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusError(f"KV purge {bucket}/{key}: {exc}") from exc
 
@@ -423,7 +427,7 @@ class Bus:
         try:
             while True:
                 try:
-                    msg = await sub.next_msg(timeout=idle_timeout or 3600.0)
+                    msg = await keep_cancellation(sub.next_msg(timeout=idle_timeout or 3600.0))
                 except nats.errors.TimeoutError:
                     if idle_timeout is not None:
                         return
@@ -547,7 +551,7 @@ class ConsumerLoop(Generic[M]):
             await self._slots.acquire()
             free += 1
         try:
-            msgs = await sub.fetch(free, timeout=1.0)
+            msgs = await keep_cancellation(sub.fetch(free, timeout=1.0))
         except (nats.errors.TimeoutError, TimeoutError):
             msgs = []
         except nats.errors.Error as exc:

@@ -68,6 +68,7 @@ class LogBatcher:
         self._pending = asyncio.Event()  # set while a chunk is open (lines waiting)
         self._lock = asyncio.Lock()  # one emit at a time keeps seq order
         self._timer: asyncio.Task[None] | None = None
+        self._closing = False  # the timer's exit condition, should a cancellation be lost
 
     async def __aenter__(self) -> LogBatcher:
         self._timer = asyncio.create_task(self._flush_timer())
@@ -82,6 +83,7 @@ class LogBatcher:
         timer, self._timer = self._timer, None
         failure: BaseException | None = None
         if timer is not None:
+            self._closing = True
             timer.cancel()
             (failure,) = await asyncio.gather(timer, return_exceptions=True)
         if exc is None:
@@ -161,7 +163,9 @@ class LogBatcher:
     async def _flush_timer(self) -> None:
         """Closes each chunk max_delay after its first line."""
         loop = asyncio.get_running_loop()
-        while True:
+        # Not `while True`: the cancel from __aexit__ can be lost inside an emit (nats-py's
+        # wait_for on Python 3.11); the flag still ends the loop once the emit returns.
+        while not self._closing:
             await self._pending.wait()
             delay = self._deadline - loop.time()
             if delay > 0:

@@ -176,9 +176,29 @@ async def submit(client: httpx.AsyncClient, repo: Path, executors: list[str],
 
 async def wait_run(client: httpx.AsyncClient, run_id: str, states: set[str],
                    timeout: float = 60.0) -> dict[str, Any]:
-    async with asyncio.timeout(timeout):
-        while True:
-            run = (await client.get(f"/v1/runs/{run_id}")).json()
-            if run.get("state") in states:
-                return dict(run)
-            await asyncio.sleep(0.1)
+    """The run once it is in one of `states`; on timeout, an AssertionError that shows
+    where it stuck (state, attempt, reason, its events) so a CI failure says why."""
+    run: dict[str, Any] = {}
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                run = dict((await client.get(f"/v1/runs/{run_id}")).json())
+                if run.get("state") in states:
+                    return run
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        shown = {key: run.get(key) for key in
+                 ("executor", "state", "attempt", "version", "reason", "previous_run_id",
+                  "queued_at", "started_at", "agent_started_at")}
+        raise AssertionError(f"run {run_id} not in {sorted(states)} after {timeout:g} s:"
+                             f" {shown}; log tail: {await _log_tail(client, run_id)}"
+                             ) from None
+
+
+async def _log_tail(client: httpx.AsyncClient, run_id: str, lines: int = 20) -> list[Any]:
+    """The last `lines` log lines of the run's first page (where the stack serves logs)."""
+    try:
+        page = (await client.get(f"/v1/runs/{run_id}/logs", params={"limit": 1000})).json()
+        return [line for chunk in page.get("chunks", []) for line in chunk["lines"]][-lines:]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as error:
+        return [f"(logs not available: {error!r})"]

@@ -169,3 +169,26 @@ async def test_a_timer_emit_failure_is_raised_on_the_next_add() -> None:
 async def test_add_outside_the_context_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="async with"):
         await LogBatcher("r", 1, 1, Sink()).add("stdout", "x")
+
+
+async def test_exit_ends_the_timer_even_when_its_emit_swallows_the_cancel() -> None:
+    """The timer is in an emit whose reply lands in the same loop turn as __aexit__'s
+    cancel: an emit that waits with asyncio.wait_for (nats-py does) returns the reply
+    and drops the cancel on Python 3.11. The context must still end, and flush once."""
+    reply: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    emitting = asyncio.Event()
+    chunks: list[LogChunk] = []
+
+    async def emit(chunk: LogChunk) -> None:
+        if not reply.done():
+            emitting.set()
+            await asyncio.wait_for(reply, 30)
+        chunks.append(chunk)
+
+    logs = LogBatcher("run_1", 1, 1, emit, max_delay=0.01, clock=lambda: T0)
+    async with asyncio.timeout(5):  # the old `while True` timer hung here forever
+        async with logs:
+            await logs.add("stdout", "first")
+            await emitting.wait()  # the timer is inside emit now
+            reply.set_result(None)  # the reply and the cancel, in one loop turn
+    assert [line.text for chunk in chunks for line in chunk.lines] == ["first"]
