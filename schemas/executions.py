@@ -43,6 +43,9 @@ class ExecutionStarted(Event, frozen=True, kw_only=True):
     pid: int
     started_at: datetime
     delivery: int = 1
+    # the wall-clock limit the runner enforces on this agent: the scheduler fails the run
+    # as overdue when no result comes well past it (a frozen runner host)
+    timeout_seconds: float | None = None
 
     def msg_id(self) -> str:
         return f"run:{self.run_id}:attempt:{self.attempt}:exec-started:{self.delivery}"

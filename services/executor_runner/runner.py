@@ -105,6 +105,7 @@ class Runner:
         instruction = adapter.prompt(cmd.instruction, paths)
         argv = build_argv(spec, instruction, workspace, summary_path, cmd.resume_session)
         result: AgentResult | None = None
+        limits = self._limits(cmd, spec)
 
         async def emit(chunk: LogChunk) -> None:
             await self.bus.publish(chunk)
@@ -127,7 +128,7 @@ class Runner:
             await self.bus.publish(ExecutionStarted(
                 run_id=cmd.run_id, attempt=cmd.attempt, executor=cmd.executor,
                 runner_id=self.runner_id, pid=0, started_at=utcnow(),
-                delivery=delivery.num_delivered,
+                delivery=delivery.num_delivered, timeout_seconds=limits.wall_seconds,
             ))
             metrics.agent_runs_active.labels(cmd.executor).inc()
             try:
@@ -138,7 +139,7 @@ class Runner:
                                                             cancel)
                     else:
                         outcome = await run_agent(
-                            argv, workspace, env, on_line, self._limits(cmd, spec), cancel,
+                            argv, workspace, env, on_line, limits, cancel,
                             self.settings.pidfile_dir, run_key,
                         )
             finally:

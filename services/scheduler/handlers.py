@@ -80,12 +80,24 @@ class Scheduler:
             await self.runs.remember_cancel(cmd.run_id, cmd.reason, now)
             return
         run = await self.apply(cmd.run_id, lambda r: machine.cancel(r, cmd.reason, now))
+        if run is not None:
+            await self.stop_agent(cmd.run_id, cmd.reason)
+
+    async def fail_overdue(self, run_id: str) -> bool:
+        """Fail the run if its attempt is overdue (see machine.overdue); True if it was."""
+        now, grace = self.clock(), self.settings.overdue_grace_seconds
+        run = await self.apply(run_id, lambda r: machine.overdue(r, now, grace))
         if run is None:
-            return
-        # Whoever runs the agent kills its process group: a broadcast for the runner
-        # holding it now, a KV flag for a runner that picks the command up later.
-        await self.bus.kv_put(CANCEL_BUCKET.name, cmd.run_id, cmd.reason.encode())
-        await self.bus.publish(CancelRequested(run_id=cmd.run_id, reason=cmd.reason))
+            return False
+        self.log.warning("run_overdue", run_id=run_id, due_at=str(run.agent_due_at))
+        await self.stop_agent(run_id, run.reason or "overdue")
+        return True
+
+    async def stop_agent(self, run_id: str, reason: str) -> None:
+        """Whoever runs the agent kills its process group: a broadcast for the runner
+        holding it now, a KV flag for a runner that picks the command up later."""
+        await self.bus.kv_put(CANCEL_BUCKET.name, run_id, reason.encode())
+        await self.bus.publish(CancelRequested(run_id=run_id, reason=reason))
 
     # -- worker events ------------------------------------------------------------------
 
@@ -104,7 +116,8 @@ class Scheduler:
 
     async def on_execution_started(self, event: ExecutionStarted, delivery: Delivery) -> None:
         run = await self.apply(event.run_id, lambda r: machine.agent_started(r, event))
-        if run is not None:  # the seed's "job start p95": accepted → agent process started
+        if run is not None and run.agent_started_at == event.started_at:
+            # the seed's "job start p95": accepted → agent process started (first start)
             waited = (event.started_at - run.accepted_at).total_seconds()
             metrics.agent_start_latency.labels(run.executor).observe(max(0.0, waited))
 

@@ -34,10 +34,31 @@ def workspace_ready(run: RunRecord, event: WorkspaceReady) -> RunRecord | None:
 
 
 def agent_started(run: RunRecord, event: ExecutionStarted) -> RunRecord | None:
-    """A timing fact, not a transition: a quick agent's finish may be handled first."""
-    if run.attempt != event.attempt or run.agent_started_at:
+    """A timing fact, not a transition: a quick agent's finish may be handled first. The
+    first start is the one measured; a redelivered attempt's start moves the due time."""
+    if run.attempt != event.attempt or run.terminal:
         return None
-    return replace(run, agent_started_at=event.started_at)
+    started = run.agent_started_at or event.started_at
+    due = run.agent_due_at
+    if event.timeout_seconds is not None:
+        limit = event.started_at + timedelta(seconds=event.timeout_seconds)
+        due = limit if due is None else max(due, limit)
+    if (started, due) == (run.agent_started_at, run.agent_due_at):
+        return None
+    return replace(run, agent_started_at=started, agent_due_at=due)
+
+
+def overdue(run: RunRecord, now: datetime, grace: float) -> RunRecord | None:
+    """Fail a running attempt whose result is `grace` seconds past the runner's own limit:
+    the runner is frozen, gone with no other to take the command, or stuck. Not retried:
+    a new attempt would queue behind the same trouble."""
+    if run.state != "running" or run.agent_due_at is None:
+        return None
+    if now < run.agent_due_at + timedelta(seconds=grace):
+        return None
+    reason = (f"overdue: no result from the executor-runner {grace:g}s after the agent's"
+              " time limit (runner frozen, lost or stuck)")
+    return replace(run, state="failed", reason=reason, finished_at=now, retry_at=None)
 
 
 def execution_finished(
@@ -104,7 +125,7 @@ def retry_due(run: RunRecord) -> RunRecord | None:
         return None
     return replace(
         run, state="preparing", attempt=run.attempt + 1, retry_at=None, workspace_path=None,
-        agent_started_at=None,
+        agent_started_at=None, agent_due_at=None,
     )
 
 

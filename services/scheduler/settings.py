@@ -14,4 +14,6 @@ class SchedulerSettings(CommonSettings, frozen=True, kw_only=True):
     tick_seconds: float = 0.5
     reconcile_seconds: float = 5.0
     stall_seconds: float = 30.0
+    # a running attempt with no result this long after the runner's own time limit fails
+    overdue_grace_seconds: float = 600.0
     branch_prefix: str = "zloth"

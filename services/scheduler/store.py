@@ -30,6 +30,7 @@ class RunRecord(msgspec.Struct, kw_only=True):
     queued_at: datetime
     started_at: datetime | None = None
     agent_started_at: datetime | None = None
+    agent_due_at: datetime | None = None  # agent start + the runner's wall-clock limit
     finished_at: datetime | None = None
     updated_at: datetime
     retry_at: datetime | None = None

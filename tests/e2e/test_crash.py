@@ -4,6 +4,7 @@ runner finishes the run, exactly once, and no agent process is left behind."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import uuid
 from pathlib import Path
 
@@ -49,3 +50,39 @@ async def test_runner_killed_mid_run_is_completed_by_a_restarted_runner(
     count = git("rev-list", "--count", f"{done['base_sha']}..{done['branch']}", cwd=workspace)
     assert count.strip() == "1"
     assert not set(first_agents) & set(pids_with(token))
+
+
+async def test_a_frozen_runner_fails_its_run_as_overdue_and_stops_the_agent_on_waking(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """SIGSTOP the only runner while its agent works: the broker cannot hand the command
+    to anyone, so the scheduler fails the run itself once the runner's own time limit
+    plus the grace has passed. Woken, the runner kills the agent; the run stays failed."""
+    origin = make_origin(tmp_path / "origin", files=3, commits=1)
+    token = f"tok{uuid.uuid4().hex[:10]}"
+    async with process_stack(nats_server.url, tmp_path / "data",
+                             ZLOTH_OVERDUE_GRACE_SECONDS="2") as (client, procs):
+        repo = (await client.post("/v1/repos", json={"url": str(origin)})).json()
+        task = (await client.post("/v1/tasks", json={"repo_id": repo["id"]})).json()
+        accepted = await client.post(f"/v1/tasks/{task['id']}/runs", json={
+            "instruction": f"Slow work SLEEP=60 {token}", "executors": ["demo-a"],
+            "timeout_seconds": 3})
+        run_id = accepted.json()["runs"][0]["id"]
+        async with asyncio.timeout(30):
+            while not pids_with(token):
+                await asyncio.sleep(0.05)
+        runner = procs["executor-runner"].proc
+        assert runner is not None
+        runner.send_signal(signal.SIGSTOP)
+        try:
+            done = await wait_run(client, run_id, {"succeeded", "failed", "canceled"}, 30)
+            frozen_agents = pids_with(token)  # nobody has stopped it yet: its runner sleeps
+        finally:
+            runner.send_signal(signal.SIGCONT)
+        await wait_no_process_with(token, 20)
+        await asyncio.sleep(2)  # the woken runner's late result arrives and is ignored
+        after = (await client.get(f"/v1/runs/{run_id}")).json()
+    assert done["state"] == "failed", done
+    assert str(done["reason"]).startswith("overdue"), done["reason"]
+    assert frozen_agents
+    assert (after["state"], after["reason"]) == ("failed", done["reason"])

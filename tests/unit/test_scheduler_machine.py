@@ -114,3 +114,40 @@ def test_conflicts_left_by_a_follow_up_merge_go_to_the_agent_first() -> None:
 
 def msgspec_replace_ready(**changes: object) -> WorkspaceReady:
     return machine.replace(ready(), **changes)
+
+
+def started(at: datetime, timeout: float | None, delivery: int = 1) -> ExecutionStarted:
+    return ExecutionStarted(run_id="run_1", attempt=1, executor="demo-a", runner_id="x",
+                            pid=1, started_at=at, delivery=delivery, timeout_seconds=timeout)
+
+
+def test_an_attempt_is_overdue_only_grace_seconds_past_the_runners_limit() -> None:
+    running = record(state="running", workspace_path="/w", base_sha="a" * 40)
+    run = machine.agent_started(running, started(T0, 60))
+    assert run is not None and run.agent_due_at == T0 + timedelta(seconds=60)
+    assert machine.overdue(run, T0 + timedelta(seconds=60 + 29), grace=30) is None
+    late = machine.overdue(run, T0 + timedelta(seconds=60 + 30), grace=30)
+    assert late is not None and late.state == "failed" and late.retry_at is None
+    assert late.reason is not None and late.reason.startswith("overdue")
+    assert machine.overdue(late, T0 + timedelta(days=1), grace=30) is None  # terminal
+
+
+def test_a_redelivered_start_moves_the_due_time_but_not_the_measured_start() -> None:
+    running = record(state="running", workspace_path="/w", base_sha="a" * 40)
+    first = machine.agent_started(running, started(T0, 60))
+    assert first is not None
+    again = machine.agent_started(first, started(T0 + timedelta(seconds=50), 60, delivery=2))
+    assert again is not None and again.agent_started_at == T0
+    assert again.agent_due_at == T0 + timedelta(seconds=110)
+    assert machine.overdue(again, T0 + timedelta(seconds=100), grace=0) is None
+    assert machine.agent_started(again, started(T0, 60)) is None  # a replay changes nothing
+
+
+def test_no_limit_known_means_never_overdue_and_a_retry_forgets_the_due_time() -> None:
+    running = record(state="running", workspace_path="/w", base_sha="a" * 40)
+    run = machine.agent_started(running, started(T0, None))
+    assert run is not None and run.agent_due_at is None
+    assert machine.overdue(run, T0 + timedelta(days=30), grace=0) is None
+    due = machine.replace(run, state="retrying", agent_due_at=T0)
+    retried = machine.retry_due(due)
+    assert retried is not None and retried.agent_due_at is None

@@ -45,7 +45,7 @@ SAMPLES: list[Message] = [
     ExecuteRun(run_id="run_1", task_id="task_1", attempt=1, executor="claude",
                workspace_path="/w/run_1", base_sha="b" * 40, instruction="fix the bug"),
     ExecutionStarted(run_id="run_1", attempt=1, executor="claude", runner_id="r1", pid=42,
-                     started_at=T0),
+                     started_at=T0, timeout_seconds=1800.0),
     ExecutionFinished(run_id="run_1", attempt=1, executor="claude", outcome="succeeded",
                       exit_code=0, summary="done", finished_at=T0),
     CancelRequested(run_id="run_1"),
