@@ -55,6 +55,11 @@ runs_by_state = Gauge("zloth_runs", "Runs by state (scheduler view)", ["state"],
 run_transitions_total = Counter(
     "zloth_run_transitions_total", "Run state transitions", ["state"], registry=REGISTRY
 )
+runs_overdue_total = Counter(
+    "zloth_runs_overdue_total",
+    "Runs failed by the scheduler for want of a result long after the runner's time limit",
+    ["executor"], registry=REGISTRY,
+)
 agent_runs_active = Gauge(
     "zloth_agent_processes", "Agent processes running on this runner", ["executor"],
     registry=REGISTRY,

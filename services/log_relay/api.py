@@ -5,7 +5,9 @@
     GET /v1/tasks/{task_id}/events/stream SSE: `run` events (id = ZLOTH_EVT seq), no end
 
 Streams resume after `Last-Event-ID` (or `?after=`; the header wins, since EventSource
-sends it on reconnect while the URL keeps the original query).
+sends it on reconnect while the URL keeps the original query). A run whose log has expired
+(archive removed by retention, chunks dropped by the stream) is a 410 `log_expired` on
+both run routes: EventSource does not retry it.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ from starlette.routing import Route
 
 from services.core.http import HTTPError, json_response
 from services.log_relay.follow import follow, run_log
-from services.log_relay.history import history
+from services.log_relay.history import LogExpired, expired_log, history
 from services.log_relay.hub import Hub, Session
 from services.log_relay.settings import LogRelaySettings
 from services.log_relay.sse import EventStreamResponse, Frames
-from services.log_relay.store import ArchiveStore
+from services.log_relay.store import ArchiveStore, Expired
 from services.log_relay.topics import run_logs, task_runs, valid_id
 
 RUN_STREAM = "/v1/runs/{run_id}/logs/stream"
@@ -49,6 +51,9 @@ class RelayApi:
         run_id = _path_id(request, "run_id")
         after = _after(request)
         topic = run_logs(run_id)
+        expired = await expired_log(self._hub.bus, self._archive, run_id)
+        if expired is not None:
+            raise _gone(expired)
 
         def frames(session: Session) -> AsyncGenerator[bytes, None]:
             return run_log(self._hub, self._archive, topic, run_id, session, after,
@@ -76,9 +81,20 @@ class RelayApi:
         limit = _int_param(request.query_params.get("limit"), "limit", 100)
         if not 1 <= limit <= MAX_PAGE:
             raise HTTPError(422, "invalid_field", f"limit must be 1..{MAX_PAGE}", field="limit")
-        page = await history(self._hub.bus, self._archive, run_id, after, limit,
-                             self._settings.history_page_bytes)
+        try:
+            page = await history(self._hub.bus, self._archive, run_id, after, limit,
+                                 self._settings.history_page_bytes)
+        except LogExpired as exc:
+            raise _gone(exc.expired) from None
         return json_response(page)
+
+
+def _gone(expired: Expired) -> HTTPError:
+    why = "older than the archive's retention" if expired.reason == "age" else (
+        "evicted to keep the archive within its size budget")
+    return HTTPError(410, "log_expired",
+                     f"the log of run {expired.run_id} has expired: its archive was removed"
+                     f" on {expired.expired_at:%Y-%m-%d %H:%M:%S} UTC ({why})")
 
 
 def _path_id(request: Request, name: str) -> str:

@@ -1,6 +1,7 @@
 """Paged history of a run's log: `after` an id, at most `limit` chunks (and about
 `max_bytes` of lines). Served from the archive once the run is archived whole, else from
-the stream; `complete` says the page reaches the run's final chunk."""
+the stream; `complete` says the page reaches the run's final chunk. A run whose archive
+retention removed and whose chunks the stream no longer holds raises `LogExpired`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import msgspec
 from schemas.streams import LOGS
 from services.core.bus import Bus
 from services.log_relay.reader import read_range
-from services.log_relay.store import ArchiveInfo, ArchiveStore
+from services.log_relay.store import ArchiveInfo, ArchiveStore, Expired
 from services.log_relay.topics import StoredChunk, decode_chunk, log_subject
 
 
@@ -23,6 +24,20 @@ class HistoryPage(msgspec.Struct, kw_only=True):
     complete: bool
     source: Literal["stream", "archive"]
     archive: ArchiveInfo | None = None
+
+
+class LogExpired(Exception):
+    def __init__(self, expired: Expired) -> None:
+        super().__init__(f"the log of run {expired.run_id} has expired")
+        self.expired = expired
+
+
+async def expired_log(bus: Bus, archive: ArchiveStore, run_id: str) -> Expired | None:
+    """The tombstone of `run_id` if its log is gone: archive removed, stream dropped it."""
+    expired = await archive.expired(run_id)
+    if expired is None or await bus.last_message(LOGS.name, log_subject(run_id)) is not None:
+        return None
+    return expired
 
 
 class _Page:
@@ -55,6 +70,8 @@ async def history(
         return HistoryPage(run_id=run_id, chunks=page.chunks, next_after=next_after,
                            complete=next_after >= info.last_seq, source="archive",
                            archive=info)
+    if info is None and newest is None and (expired := await archive.expired(run_id)):
+        raise LogExpired(expired)
     final_seq: int | None = None
     next_after = after  # the last id read, skipped (malformed) messages included
     if newest is not None:

@@ -9,12 +9,22 @@ A feed lives while it has clients and ends with its topic (a run's final chunk).
 A client still catching up reads through its own ephemeral reader instead (see follow.py),
 whose buffer JetStream flow control bounds (~2 MB); one that stops reading then is dropped
 by the response's write timeout.
+
+A feed can fall behind too (a CPU-starved replica): its reader's buffer is bounded by the
+same flow control, and the rest of the backlog waits in the stream, where each message's
+`num_pending` counts it. The sum over feeds is the `zloth_log_feed_pending_messages`
+gauge. A feed more than `max_pending` messages behind while sessions are attached ends
+those sessions (reason "lagging"; they resume with Last-Event-ID, nothing is lost) and
+restarts its reader after the last message it dispatched. A feed nobody is attached to
+is left to catch up: it serves no stale frames, and a new reader would face the same
+backlog.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
@@ -24,6 +34,7 @@ import msgspec
 from services.core import metrics
 from services.core.bus import Bus
 from services.core.telemetry import get_logger
+from services.log_relay import metrics as relay_metrics
 from services.log_relay.topics import Frame, Topic
 
 _RESTART_DELAY_SECONDS = 1.0
@@ -40,6 +51,11 @@ class HubStats(msgspec.Struct, kw_only=True):
     queue_bound: int = 0
     peak_queue: int = 0  # the deepest any mailbox has ever been
     dropped_total: int = 0  # sessions stopped as too slow (mailbox full, or a write stuck)
+    max_pending: int = 0  # a feed further behind than this restarts (0: no bound)
+    pending: int = 0  # messages the feeds have not read yet (sum over feeds)
+    peak_pending: int = 0  # the furthest behind any feed has been
+    feed_restarts: int = 0  # feeds restarted for being more than max_pending behind
+    lagged_total: int = 0  # sessions stopped because their feed fell that far behind
 
 
 class Session:
@@ -52,12 +68,16 @@ class Session:
         self._stats = stats
 
     def stop(self, reason: str) -> None:
-        """`reason` "slow" (dropped: it may resume), "shutdown", "disconnected", "error"."""
+        """`reason` "slow" or "lagging" (dropped: it may resume), "shutdown",
+        "disconnected", "error"."""
         if not self.stopped.is_set():
             self.reason = reason
             self.stopped.set()
-            if reason == "slow" and self._stats is not None:
-                self._stats.dropped_total += 1
+            if self._stats is not None:
+                if reason == "slow":
+                    self._stats.dropped_total += 1
+                elif reason == "lagging":
+                    self._stats.lagged_total += 1
 
 
 class Mailbox:
@@ -107,6 +127,7 @@ class Feed:
     def __init__(self, bus: Bus, topic: Topic, bound: int, stats: HubStats) -> None:
         self.topic = topic
         self.pos = 0
+        self.pending = 0  # the stream's messages on the topic after `pos`, as last seen
         self.end: Frame | None = None
         self.ready = asyncio.Event()
         self.refs = 0
@@ -151,18 +172,37 @@ class Feed:
                 if frame is not None and frame.end:
                     self.end = frame
             self.ready.set()
-        if self.end is not None:
-            return
+        while self.end is None:
+            await self._read()
+
+    async def _read(self) -> None:
+        """Dispatch from the stream after `pos` until the topic ends, or until the feed
+        is too far behind: then its sessions end and the caller reads again from `pos`
+        (closing the reader drops what it had buffered)."""
         async with aclosing(self._bus.replay(self.topic.subject, self.pos + 1)) as messages:
-            async for seq, _, data in messages:
+            async for seq, pending, data in messages:
+                self.pending = pending
+                self._stats.peak_pending = max(self._stats.peak_pending, pending)
                 frame = self.render(seq, data)
                 self.pos = seq
-                if frame is None:
-                    continue
-                self._dispatch(frame)
-                if frame.end:
-                    self.end = frame
+                if frame is not None:
+                    self._dispatch(frame)
+                    if frame.end:
+                        self.end = frame
+                        self.pending = 0
+                        return
+                if 0 < self._stats.max_pending < pending and self._boxes:
+                    self._shed(pending)
                     return
+
+    def _shed(self, pending: int) -> None:
+        boxes, self._boxes = self._boxes, set()
+        for box in boxes:
+            box.session.stop("lagging")
+        self._stats.feed_restarts += 1
+        relay_metrics.feed_restarts_total.inc()
+        self._log.warning("feed_restarted", reason="lagging", pos=self.pos, pending=pending,
+                          max_pending=self._stats.max_pending, sessions_ended=len(boxes))
 
     def _dispatch(self, frame: Frame) -> None:
         for box in list(self._boxes):
@@ -178,20 +218,26 @@ class Feed:
 
 
 class Hub:
-    def __init__(self, bus: Bus, queue_bound: int) -> None:
+    def __init__(self, bus: Bus, queue_bound: int, max_pending: int = 0) -> None:
         self.bus = bus
         self._bound = queue_bound
-        self._stats = HubStats(queue_bound=queue_bound)
+        self._stats = HubStats(queue_bound=queue_bound, max_pending=max_pending)
         self._feeds: dict[str, Feed] = {}
         self._sessions: set[Session] = set()
         self._group: asyncio.TaskGroup | None = None
         self._running = asyncio.Event()
         self.closing = False
+        relay_metrics.track(self)
+
+    def pending(self) -> int:
+        """Messages the feeds have not read yet (each as of the last message it read)."""
+        return sum(feed.pending for feed in list(self._feeds.values()))
 
     def stats(self) -> HubStats:
         self._stats.feeds = len(self._feeds)
         self._stats.sessions = len(self._sessions)
         self._stats.attached = sum(feed.attached for feed in self._feeds.values())
+        self._stats.pending = self.pending()
         return msgspec.structs.replace(self._stats)
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -230,7 +276,9 @@ class Hub:
         feed = self._feeds.get(topic.subject)
         if feed is None:
             feed = Feed(self.bus, topic, self._bound, self._stats)
-            feed.task = self._group.create_task(feed.run())
+            # A fresh context: the feed outlives the request that started it, and its log
+            # lines must not carry that request's correlation id.
+            feed.task = self._group.create_task(feed.run(), context=contextvars.Context())
             self._feeds[topic.subject] = feed
         feed.refs += 1
         try:

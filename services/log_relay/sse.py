@@ -1,6 +1,6 @@
 """The SSE response: streams frames until they end, the client goes away, or its session is
-stopped (too slow, or the relay shutting down), whichever comes first. A write blocked
-longer than `write_timeout` stops the session as too slow.
+stopped (too slow, its feed too far behind, or the relay shutting down), whichever comes
+first. A write blocked longer than `write_timeout` stops the session as too slow.
 
 A stopped session must end even while a write is blocked on a client that does not
 read, so the writer is cancelled rather than asked to stop; the closing write then gets
@@ -25,6 +25,7 @@ _HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}  # no proxy 
 _RETRY = b"retry: 1000\n\n"  # EventSource: reconnect after 1 s, not its default 3 s
 _TAILS = {
     "slow": b": dropped: too far behind; reconnect with Last-Event-ID\n\n",
+    "lagging": b": dropped: the relay fell behind the stream; reconnect with Last-Event-ID\n\n",
     "shutdown": b": relay shutting down; reconnect with Last-Event-ID\n\n",
 }
 

@@ -90,6 +90,7 @@ class Scheduler:
         if run is None:
             return False
         self.log.warning("run_overdue", run_id=run_id, due_at=str(run.agent_due_at))
+        metrics.runs_overdue_total.labels(run.executor).inc()
         await self.stop_agent(run_id, run.reason or "overdue")
         return True
 

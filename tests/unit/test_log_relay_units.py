@@ -1,5 +1,6 @@
 """log-relay pieces without a broker: SSE framing of chunks and run events, the bounded
-mailbox, archive segments and truncation, the SSE parser used by the tests."""
+mailbox, archive segments and truncation, the SSE parser used by the tests, the retention
+and backlog settings."""
 
 from __future__ import annotations
 
@@ -11,8 +12,14 @@ import pytest
 
 from schemas.logs import LogChunk, LogLine
 from schemas.runs import RunStateChanged
+from services.core.config import load_settings
+from services.core.errors import ConfigError
+from services.log_relay import NAME
 from services.log_relay.archive import _Packer
 from services.log_relay.hub import HubStats, Mailbox, Session
+from services.log_relay.retention import RetentionPolicy
+from services.log_relay.service import retention_policy
+from services.log_relay.settings import LogRelaySettings
 from services.log_relay.store import decode_segment
 from services.log_relay.topics import (
     Frame,
@@ -111,3 +118,42 @@ async def test_packer_segments_round_trip_and_truncation_keeps_the_end() -> None
     assert stored[-1].final
     assert packer.raw_bytes <= 3000 + len(msgspec.json.encode(stored[-1]))
     assert 1 < len(stored) < 11
+
+
+def test_retention_and_backlog_settings_have_bounded_defaults() -> None:
+    """Out of the box archives are kept 30 days within 2 GiB compressed, and a feed more
+    than 1000 messages behind restarts; 0 turns each bound off."""
+    settings = load_settings(LogRelaySettings, {}, service=NAME)
+    assert retention_policy(settings) == RetentionPolicy(
+        max_age_seconds=30 * 86_400.0, max_total_bytes=2 << 30,
+        tombstone_seconds=365 * 86_400.0, batch=200)
+    assert settings.feed_max_pending == 1000
+    assert settings.archive_sweep_interval_seconds == 300.0
+    tuned = load_settings(LogRelaySettings, {
+        "ZLOTH_LOG_RELAY_ARCHIVE_RETENTION_DAYS": "0.5", "ZLOTH_ARCHIVE_RETENTION_DAYS": "9",
+        "ZLOTH_ARCHIVE_MAX_TOTAL_BYTES": "0", "ZLOTH_LOG_RELAY_FEED_MAX_PENDING": "0",
+    }, service=NAME)
+    assert retention_policy(tuned).max_age_seconds == 43_200.0
+    assert (tuned.archive_max_total_bytes, tuned.feed_max_pending) == (0, 0)
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("ZLOTH_LOG_RELAY_ARCHIVE_RETENTION_DAYS", "-1"),
+    ("ZLOTH_ARCHIVE_MAX_TOTAL_BYTES", "-5"),
+    ("ZLOTH_FEED_MAX_PENDING", "-1"),
+    ("ZLOTH_ARCHIVE_SWEEP_INTERVAL_SECONDS", "0"),
+    ("ZLOTH_ARCHIVE_SWEEP_BATCH", "0"),
+])
+def test_a_bad_retention_or_backlog_value_names_its_variable(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=variable):
+        load_settings(LogRelaySettings, {variable: value}, service=NAME)
+
+
+def test_a_session_ended_for_its_feeds_lag_is_counted_apart_from_slow_clients() -> None:
+    stats = HubStats()
+    lagging, slow = Session("test", stats), Session("test", stats)
+    lagging.stop("lagging")
+    lagging.stop("slow")  # only the first reason counts
+    slow.stop("slow")
+    assert (lagging.reason, slow.reason) == ("lagging", "slow")
+    assert (stats.lagged_total, stats.dropped_total) == (1, 1)

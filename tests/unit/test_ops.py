@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from services.core import metrics
+from services.log_relay import metrics as _relay_metrics  # noqa: F401  registers its metrics
 
 OPS = Path(__file__).resolve().parents[2] / "ops"
 METRIC = re.compile(r"\bzloth_[a-z_]+")
