@@ -6,9 +6,15 @@ bench publishes ExecuteRun itself and listens to the runner's events). Two parts
 - overhead: N sequential runs of `printf` (one result line): publish → ExecutionStarted
   → first log chunk → ExecutionFinished, p50/p95 of each step and of the whole;
 - capacity: agents that print a line then sleep, started in steps up to --max-agents at
-  once; at each step the runner's RSS and the per-agent increment. Prints JSON.
+  once; at each step the runner's RSS and the per-agent increment;
+- hold: N idle agents (`sleep`) supervised by run_agent directly (no NATS: only the
+  process layer's cost) for --hold-seconds, and this process's CPU seconds per second
+  (getrusage: all threads), once with one ProcTable per run (one /proc walk per run per
+  tick: the cost before the shared table) and once with the loop's shared table, side by
+  side in the same run. Prints JSON.
 
     .venv/bin/python scripts/bench/runner.py --runs 200 --max-agents 200
+    .venv/bin/python scripts/bench/runner.py --parts hold --hold-agents 100,250
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from services.core.natsd import NatsServer  # noqa: E402
 from services.core.runtime import Service, run_services  # noqa: E402
 from services.core.telemetry import configure_logging  # noqa: E402
 from services.executor_runner.executors import ExecutorSpec  # noqa: E402
+from services.executor_runner.process import Limits, run_agent  # noqa: E402
+from services.executor_runner.proctable import ProcTable  # noqa: E402
 from services.executor_runner.service import unit  # noqa: E402
 from services.executor_runner.settings import RunnerSettings  # noqa: E402
 
@@ -127,8 +135,79 @@ async def capacity(bus: Bus, watch: Watch, max_agents: int, workspace: Path
     return points
 
 
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
+    return usage.ru_utime + usage.ru_stime
+
+
+def host_processes() -> int:
+    return sum(1 for entry in Path("/proc").iterdir() if entry.name.isdigit())
+
+
+async def hold_case(agents: int, seconds: float, shared: bool) -> dict[str, Any]:
+    """`agents` idle agents under supervision; CPU s/s of this process while they idle."""
+    limits = Limits(idle_seconds=3600, kill_grace_seconds=0.5)
+    tables = [ProcTable()] if shared else [ProcTable() for _ in range(agents)]
+    cancel, up = asyncio.Event(), asyncio.Event()
+    ready = 0
+
+    async def on_line(stream: str, text: str) -> None:
+        nonlocal ready
+        ready += 1
+        if ready == agents:
+            up.set()
+
+    runs = [asyncio.create_task(run_agent(
+        ["sh", "-c", "echo up; exec sleep 600"], Path(tempfile.gettempdir()),
+        {"PATH": "/usr/bin:/bin"},
+        on_line, limits, cancel, table=tables[n % len(tables)])) for n in range(agents)]
+    try:
+        await asyncio.wait_for(up.wait(), 120)
+        # past spawning and every table's first tick (which reads every environment once)
+        for _ in range(240):  # a table has no event to wait on; give up after ~2 min
+            if min(t.scans for t in tables) >= 2:
+                break
+            await asyncio.sleep(limits.tree_poll_seconds)
+        scans0, reads0 = (sum(t.scans for t in tables), sum(t.markers.reads for t in tables))
+        cpu0, t0 = cpu_seconds(), time.perf_counter()
+        await asyncio.sleep(seconds)
+        cpu1, t1 = cpu_seconds(), time.perf_counter()
+        scans1, reads1 = (sum(t.scans for t in tables), sum(t.markers.reads for t in tables))
+        processes = host_processes()
+    finally:
+        cancel.set()
+        await asyncio.wait_for(asyncio.gather(*runs), 120)
+    elapsed = t1 - t0
+    return {"agents": agents, "table": "shared" if shared else "per_run",
+            "host_processes": processes, "seconds": round(elapsed, 2),
+            "runner_cpu_s_per_s": round((cpu1 - cpu0) / elapsed, 4),
+            "proc_walks_per_s": round((scans1 - scans0) / elapsed, 1),
+            "environ_reads_per_s": round((reads1 - reads0) / elapsed, 1)}
+
+
+async def hold(counts: list[int], seconds: float) -> list[dict[str, Any]]:
+    results = []
+    for agents in counts:
+        old = await hold_case(agents, seconds, shared=False)
+        new = await hold_case(agents, seconds, shared=True)
+        ratio = old["runner_cpu_s_per_s"] / max(new["runner_cpu_s_per_s"], 1e-6)
+        results.append({"agents": agents, "per_run": old, "shared": new,
+                        "cpu_ratio_per_run_over_shared": round(ratio, 1)})
+    return results
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     configure_logging("warning", "json")
+    result: dict[str, Any] = {}
+    if {"overhead", "capacity"} & set(args.parts):
+        result.update(await with_runner(args))
+    if "hold" in args.parts:  # last: the runner above has stopped, and peak RSS is its own
+        counts = [int(n) for n in args.hold_agents.split(",")]
+        result["hold"] = await hold(counts, args.hold_seconds)
+    return result
+
+
+async def with_runner(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="zloth-bench-runner-") as tmp:
         root = Path(tmp)
         server = NatsServer(root / "nats")
@@ -159,10 +238,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             await bus.listen(subject, watch.on(kind))
         try:
             await asyncio.wait_for(ready.wait(), 30)
-            result = {"overhead": await overhead(bus, watch, args.runs, workspace),
-                      "capacity": await capacity(bus, watch, args.max_agents, workspace),
-                      "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF)
-                                            .ru_maxrss / 1024, 1)}
+            result: dict[str, Any] = {}
+            if "overhead" in args.parts:
+                result["overhead"] = await overhead(bus, watch, args.runs, workspace)
+            if "capacity" in args.parts:
+                result["capacity"] = await capacity(bus, watch, args.max_agents, workspace)
+            result["peak_rss_mib"] = round(
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         finally:
             stopping.set()  # drain: the runner kills the sleeping agents
             await asyncio.wait_for(runner, 60)
@@ -175,4 +257,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--max-agents", type=int, default=200)
+    parser.add_argument("--parts", nargs="+", choices=["overhead", "capacity", "hold"],
+                        default=["overhead", "capacity", "hold"])
+    parser.add_argument("--hold-agents", default="100,250",
+                        help="comma-separated agent counts for the hold part")
+    parser.add_argument("--hold-seconds", type=float, default=10.0)
     print(json.dumps(asyncio.run(main(parser.parse_args())), indent=2))

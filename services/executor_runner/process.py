@@ -17,15 +17,25 @@ import signal
 import sys
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import msgspec
 
 from schemas.executions import ExecutionOutcome
 from services.core.spawn import DEVNULL, Child, spawn
+from services.executor_runner.proctable import (
+    MARKER_VAR,
+    MarkerCache,
+    Proc,
+    ProcTable,
+    Snapshot,
+    alive,
+    read_stat,
+    scan,
+    shared_table,
+)
 
 __all__ = [
     "MARKER_VAR",
@@ -38,7 +48,6 @@ __all__ = [
 ]
 
 MiB = 1024 * 1024
-MARKER_VAR = "AGENT_RUN_TOKEN"  # not ZLOTH_*: nothing of zloth's namespace reaches an agent
 
 OnLine = Callable[[Literal["stdout", "stderr"], str], Awaitable[None]]
 
@@ -97,90 +106,28 @@ class _PidRecord(msgspec.Struct, frozen=True, kw_only=True):
 # - its descendants by ppid. The agent is made a child *subreaper* (prctl, kept across
 #   exec), so a double-forked grandchild is re-parented to the agent, not to init, and
 #   stays a descendant for as long as the agent lives;
-# - every process seen in the tree by a periodic poll (Limits.tree_poll_seconds),
+# - every process seen in the tree by the periodic poll (Limits.tree_poll_seconds; one
+#   walk of /proc per tick shared by every run on the loop: proctable.ProcTable),
 #   identified by (pid, start time) so that a reused pid is never hit;
 # - every process whose initial environment holds this run's random marker
 #   (AGENT_RUN_TOKEN): finds forked daemons after the agent itself has exited;
 # - last resort, whoever still holds the agent's stdout/stderr pipes open.
-
-
-class _Proc(NamedTuple):
-    pid: int
-    ppid: int
-    pgid: int
-    sid: int
-    start_time: int
-    state: str
-
-
-def _read_stat(pid: int) -> _Proc | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        # comm (field 2) may contain spaces and ')': the fixed fields start after the last ')'
-        rest = data[data.rindex(b")") + 2 :].split()
-        return _Proc(pid, int(rest[1]), int(rest[2]), int(rest[3]), int(rest[19]), rest[0].decode())
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _alive(pid: int, start_time: int) -> bool:
-    st = _read_stat(pid)
-    return st is not None and st.start_time == start_time and st.state not in "ZX"
-
-
-def _scan() -> dict[int, _Proc]:
-    """Every live (non-zombie) process; zombies are dead and their children re-parented."""
-    procs: dict[int, _Proc] = {}
-    with contextlib.suppress(OSError):
-        for name in os.listdir("/proc"):
-            if name.isdigit() and (st := _read_stat(int(name))) and st.state not in "ZX":
-                procs[st.pid] = st
-    return procs
-
-
-def _has_marker(pid: int, marker: str) -> bool:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return f"{MARKER_VAR}={marker}".encode() in f.read().split(b"\0")
-    except OSError:
-        return False
+# Signals only ever go to a family found by a fresh walk (`_family`), never to the shared
+# snapshot: a stale table must not miss a process nor name a pid reused since.
 
 
 def _family(
-    leader: tuple[int, int], known: Iterable[tuple[int, int]] = (), marker: str = ""
-) -> dict[int, _Proc]:
-    """The live family of an agent that leads its own session (pgid == sid == pid): the
-    leader (pid, start_time) and its descendants, members of its group or session,
-    still-living `known` (pid, start_time) pairs, and holders of `marker`."""
-    pid, start = leader
-    procs = _scan()
-    children: dict[int, list[int]] = defaultdict(list)
-    for proc in procs.values():
-        children[proc.ppid].append(proc.pid)
-    seeds = [p for p, s in (leader, *known) if p in procs and procs[p].start_time == s]
-    # a live process with the leader's pid but another start time means the id was reused
-    # (the kernel frees a group id only once the group is empty): then the group is not ours
-    reused = pid in procs and procs[pid].start_time != start
-    if pid > 1 and not reused and pid not in (os.getpgrp(), os.getsid(0)):
-        seeds += [proc.pid for proc in procs.values() if pid in (proc.pgid, proc.sid)]
-    if marker:
-        seeds += [p for p in procs if _has_marker(p, marker)]
-    found: dict[int, _Proc] = {}
-    while seeds:
-        p = seeds.pop()
-        if p in procs and p not in found:
-            found[p] = procs[p]
-            seeds.extend(children[p])
-    found.pop(os.getpid(), None)  # a corrupt pidfile must never make us kill ourselves
-    return found
+    leader: tuple[int, int], known: Iterable[tuple[int, int]], marker: str, markers: MarkerCache
+) -> dict[int, Proc]:
+    """The family as of a fresh walk of /proc (see Snapshot.family)."""
+    return Snapshot.take(markers).family(leader, known, marker)
 
 
-def _pipe_holders(inodes: set[int]) -> dict[int, _Proc]:
+def _pipe_holders(inodes: set[int]) -> dict[int, Proc]:
     """Processes with an fd on one of our pipes: an escaper we could not see otherwise."""
     wanted = {f"pipe:[{ino}]" for ino in inodes}
-    found: dict[int, _Proc] = {}
-    for pid, proc in _scan().items():
+    found: dict[int, Proc] = {}
+    for pid, proc in scan().items():
         if pid == os.getpid():
             continue
         with contextlib.suppress(OSError):
@@ -190,7 +137,7 @@ def _pipe_holders(inodes: set[int]) -> dict[int, _Proc]:
     return found
 
 
-def _send(proc: _Proc, sig: int) -> None:
+def _send(proc: Proc, sig: int) -> None:
     """Signal exactly this process: through a pidfd checked against the start time, so a
     pid reused since the scan is never hit."""
     try:
@@ -198,7 +145,7 @@ def _send(proc: _Proc, sig: int) -> None:
     except OSError:
         return  # already gone
     try:
-        st = _read_stat(proc.pid)
+        st = read_stat(proc.pid)
         if st is not None and st.start_time == proc.start_time:
             signal.pidfd_send_signal(fd, sig)
     except OSError:
@@ -207,7 +154,7 @@ def _send(proc: _Proc, sig: int) -> None:
         os.close(fd)
 
 
-def _signal_family(family: dict[int, _Proc], group: int, sig: int) -> list[int]:
+def _signal_family(family: dict[int, Proc], group: int, sig: int) -> list[int]:
     """Signal every member (and the group: it also reaches members forked since the
     scan); returns the members targeted."""
     if any(p.pgid == group for p in family.values()):
@@ -218,21 +165,23 @@ def _signal_family(family: dict[int, _Proc], group: int, sig: int) -> list[int]:
     return sorted(family)
 
 
-def _kill_hard(leader: tuple[int, int], known: Iterable[tuple[int, int]], marker: str) -> list[int]:
+def _kill_hard(
+    leader: tuple[int, int], known: Iterable[tuple[int, int]], marker: str, markers: MarkerCache
+) -> list[int]:
     """SIGKILL the family, rescanning a few rounds in case it forked in between."""
     killed: list[int] = []
     known = list(known)
     for _ in range(_KILL_ROUNDS):
-        family = _family(leader, known, marker)
+        family = _family(leader, known, marker, markers)
         if not family:
             break
         killed += _signal_family(family, leader[0], signal.SIGKILL)
     return sorted(set(killed))
 
 
-def _wait_gone_sync(leader: tuple[int, int], marker: str) -> bool:
+def _wait_gone_sync(leader: tuple[int, int], marker: str, markers: MarkerCache) -> bool:
     deadline = time.monotonic() + _GONE_TIMEOUT
-    while _family(leader, (), marker):
+    while _family(leader, (), marker, markers):
         if time.monotonic() >= deadline:
             return False
         time.sleep(_POLL)
@@ -293,15 +242,16 @@ def _kill_record(path: Path, respect_owner: bool) -> list[int] | None:
     except (OSError, msgspec.DecodeError):
         path.unlink(missing_ok=True)
         return []
-    if respect_owner and rec.owner_pid and _alive(rec.owner_pid, rec.owner_start_time):
+    if respect_owner and rec.owner_pid and alive(rec.owner_pid, rec.owner_start_time):
         return None
-    current = _read_stat(rec.pid)
+    current = read_stat(rec.pid)
     if current is not None and current.start_time != rec.start_time:
         path.unlink(missing_ok=True)  # pid reused: the recorded group is already empty
         return []
     leader = (rec.pid, rec.start_time)
-    killed = _kill_hard(leader, (), rec.marker)
-    if _wait_gone_sync(leader, rec.marker):
+    markers = MarkerCache()  # environments read once for all the rounds below
+    killed = _kill_hard(leader, (), rec.marker, markers)
+    if _wait_gone_sync(leader, rec.marker, markers):
         path.unlink(missing_ok=True)  # otherwise keep it: the next start tries again
     return killed
 
@@ -368,14 +318,18 @@ class _AgentRun:
         limits: Limits,
         cancel: asyncio.Event,
         pidfile: Path | None,
+        table: ProcTable,
     ) -> None:
         self._argv, self._cwd, self._on_line = argv, cwd, on_line
         self._limits, self._cancel, self._pidfile = limits, cancel, pidfile
+        self._table = table
         self._marker = uuid.uuid4().hex
         self._env = {**env, MARKER_VAR: self._marker}
         self._loop = asyncio.get_running_loop()
         self._leader = (0, -1)
-        self._known: set[tuple[int, int]] = set()
+        # every (pid, start time) ever seen in the family → when (time.monotonic()) it was
+        # first seen: an entry older than a snapshot and absent from it is gone for good
+        self._known: dict[tuple[int, int], float] = {}
         self._inodes: set[int] = set()
         self._output_bytes = 0
         self._last_output = self._loop.time()
@@ -395,9 +349,9 @@ class _AgentRun:
             )
         pumps = [asyncio.create_task(self._pump(name, reader)) for name, reader in streams]
         exited = asyncio.create_task(proc.wait())
-        tracker = asyncio.create_task(self._track())
         try:
             self._record(proc.pid)
+            self._table.join(self)
             verdict = await self._supervise(exited, pumps)
             if verdict is None:
                 await self._drain(pumps, _DRAIN_SECONDS)
@@ -408,7 +362,7 @@ class _AgentRun:
             await self._terminate()  # runner shutdown or a failing on_line: nothing may survive
             raise
         finally:
-            await self._cleanup([*pumps, exited, tracker], transports)
+            await self._cleanup([*pumps, exited], transports)
         return self._outcome(verdict, proc.returncode)
 
     async def _spawn(
@@ -453,12 +407,12 @@ class _AgentRun:
         return proc, streams, transports
 
     def _record(self, pid: int) -> None:
-        st = _read_stat(pid)  # None if it is already gone and reaped
+        st = read_stat(pid)  # None if it is already gone and reaped
         self._leader = (pid, st.start_time if st else -1)
-        self._known.add(self._leader)
+        self._known[self._leader] = time.monotonic()
         self._last_output = self._loop.time()
         if self._pidfile is not None:
-            owner = _read_stat(os.getpid())
+            owner = read_stat(os.getpid())
             _write_pidfile(
                 self._pidfile,
                 _PidRecord(
@@ -551,17 +505,32 @@ class _AgentRun:
             self._last_stderr = text
         await self._on_line(stream, text)
 
-    async def _track(self) -> None:
-        """Remember every process seen in the tree: an escaper stays known once the agent
-        (its subreaper) has exited. Scans in a thread: /proc walks cost ~25 µs a process."""
-        while True:
-            await asyncio.sleep(self._limits.tree_poll_seconds)
-            family = await asyncio.to_thread(_family, self._leader, list(self._known))
-            self._known.update((p.pid, p.start_time) for p in family.values())
+    @property
+    def interval(self) -> float:
+        return self._limits.tree_poll_seconds
 
-    def _family(self) -> dict[int, _Proc]:
-        family = _family(self._leader, self._known, self._marker)
-        self._known.update((p.pid, p.start_time) for p in family.values())
+    def observe(self, snapshot: Snapshot) -> None:
+        """The table's periodic poll: remember every process seen in the family, so an
+        escaper stays known once the agent (its subreaper) has exited; forget the ones
+        gone (so `_known` does not grow with every short-lived process of a long run)."""
+        self._remember(snapshot.family(self._leader, self._known, self._marker))
+        procs, taken_at = snapshot.procs, snapshot.taken_at
+        for key, seen_at in list(self._known.items()):
+            if seen_at >= taken_at:
+                continue  # seen by a walk newer than this snapshot
+            proc = procs.get(key[0])
+            if proc is None or proc.start_time != key[1]:
+                del self._known[key]
+
+    def _remember(self, family: dict[int, Proc]) -> None:
+        now = time.monotonic()
+        for proc in family.values():
+            self._known.setdefault((proc.pid, proc.start_time), now)
+
+    def _family(self) -> dict[int, Proc]:
+        """A fresh walk, never the table's snapshot: what this finds gets signalled."""
+        family = _family(self._leader, self._known, self._marker, self._table.markers)
+        self._remember(family)
         return family
 
     async def _terminate(self) -> None:
@@ -574,12 +543,12 @@ class _AgentRun:
             _signal_family(family, self._leader[0], signal.SIGTERM)
             _signal_family(family, self._leader[0], signal.SIGCONT)  # stopped ones must see it
             deadline = self._loop.time() + self._limits.kill_grace_seconds
-            while any(_alive(p.pid, p.start_time) for p in family.values()):
+            while any(alive(p.pid, p.start_time) for p in family.values()):
                 if self._loop.time() >= deadline:
                     break
                 await asyncio.sleep(_POLL)
         finally:
-            _kill_hard(self._leader, self._known, self._marker)
+            _kill_hard(self._leader, self._known, self._marker, self._table.markers)
 
     async def _drain(self, pumps: list[asyncio.Task[None]], within: float) -> bool:
         """Wait up to `within` seconds for both pipes to reach EOF; re-raise a pump's failure."""
@@ -601,11 +570,14 @@ class _AgentRun:
     async def _cleanup(
         self, tasks: list[asyncio.Task[Any]], transports: list[asyncio.ReadTransport]
     ) -> None:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for transport in transports:
-            transport.close()
+        try:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for transport in transports:
+                transport.close()
+        finally:
+            await self._table.leave(self)  # the family is dead or signalled: no more polling
         if self._pidfile is None:
             return
         deadline = self._loop.time() + _GONE_TIMEOUT
@@ -642,10 +614,12 @@ async def run_agent(
     cancel: asyncio.Event,
     pidfile_dir: Path | None = None,
     run_key: str = "",
+    table: ProcTable | None = None,
 ) -> ProcessOutcome:
     """Run `argv` in `cwd` with exactly `env` (plus the family marker), feed every output
     line to `on_line`, and return how it ended. Cancelling the calling task kills the
-    family (SIGTERM, grace, SIGKILL) and re-raises. No process of the run survives it."""
+    family (SIGTERM, grace, SIGKILL) and re-raises. No process of the run survives it.
+    `table` polls the family; by default the one every run on this loop shares."""
     if cancel.is_set():
         return ProcessOutcome(
             outcome="canceled",
@@ -655,4 +629,6 @@ async def run_agent(
             pid=0,
         )
     pidfile = _pidfile(pidfile_dir, run_key or uuid.uuid4().hex) if pidfile_dir else None
-    return await _AgentRun(argv, cwd, env, on_line, limits, cancel, pidfile).run()
+    if table is None:
+        table = shared_table()
+    return await _AgentRun(argv, cwd, env, on_line, limits, cancel, pidfile, table).run()
