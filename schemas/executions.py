@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import ClassVar, Literal
 
 from schemas.base import Command, Event
+from schemas.hosts import ANY_HOST
 
 ExecutionOutcome = Literal["succeeded", "failed", "canceled", "timed_out"]
 
@@ -23,11 +24,12 @@ class ExecuteRun(Command, frozen=True, kw_only=True):
     instruction: str
     resume_session: str | None = None
     timeout_seconds: float | None = None
+    host: str = ""  # the workspace's host: only runners there can run the agent in it
 
     def subject(self) -> str:
-        # One subject per run under the executor's: the reconciler can ask the stream
-        # whether this run's command is still queued or in flight.
-        return f"{self.subject_prefix}.{self.executor}.{self.run_id}"
+        # One subject per run under the executor's and host's: the reconciler can ask the
+        # stream whether this run's command is still queued or in flight.
+        return f"{self.subject_prefix}.{self.executor}.{self.host or ANY_HOST}.{self.run_id}"
 
     def msg_id(self) -> str:
         return f"run:{self.run_id}:attempt:{self.attempt}:exec"

@@ -97,12 +97,15 @@ STATUS_BUCKET = BucketSpec(name="zloth_status", ttl_seconds=60.0)
 EXECUTORS_BUCKET = BucketSpec(name="zloth_executors", ttl_seconds=45.0)
 
 
-def exec_consumer(executor: str, concurrency: int, ack_wait_seconds: float = 30.0) -> ConsumerSpec:
-    """The durable consumer of one executor kind: its `max_ack_pending` is the global cap."""
+def exec_consumer(executor: str, host: str, concurrency: int,
+                  ack_wait_seconds: float = 30.0) -> ConsumerSpec:
+    """The durable consumer of one executor kind on one host, shared by the runners there:
+    its `max_ack_pending` caps that executor's agents on the host (across all hosts the
+    cap adds up; see schemas/hosts.py for why commands are per host)."""
     return ConsumerSpec(
         stream=CMD.name,
-        durable=f"exec-{executor}",
-        filter_subject=f"zloth.cmd.exec.{executor}.>",
+        durable=f"exec-{executor}-{host}",
+        filter_subject=f"zloth.cmd.exec.{executor}.{host}.*",
         ack_wait_seconds=ack_wait_seconds,
         max_deliver=4,
         max_ack_pending=concurrency,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from schemas.base import Command, Event
+from schemas.hosts import ANY_HOST
 from schemas.runs import FileChange, RepoRef
 
 
@@ -21,12 +22,18 @@ class PrepareWorkspace(Command, frozen=True, kw_only=True):
     sparse_paths: list[str] = []
     # A follow-up: continue that run's branch (synced with the remote, base merged in).
     previous_run_id: str | None = None
+    # Pinned to this host's workspace-managers (a follow-up goes where its previous run's
+    # workspace and agent session are); None: any host takes it.
+    host: str | None = None
 
     def subject(self) -> str:
+        if self.host:
+            return f"{self.subject_prefix}.{self.host}.{self.run_id}"
         return f"{self.subject_prefix}.{self.run_id}"
 
     def msg_id(self) -> str:
-        return f"run:{self.run_id}:attempt:{self.attempt}:prepare"
+        pinned = f":{self.host}" if self.host else ""
+        return f"run:{self.run_id}:attempt:{self.attempt}:prepare{pinned}"
 
 
 class WorkspaceReady(Event, frozen=True, kw_only=True):
@@ -58,9 +65,10 @@ class CommitWorkspace(Command, frozen=True, kw_only=True):
     branch: str
     base_sha: str
     message: str
+    host: str = ""  # where the workspace is (WorkspaceReady.host): only it can commit
 
     def subject(self) -> str:
-        return f"{self.subject_prefix}.{self.run_id}"
+        return f"{self.subject_prefix}.{self.host or ANY_HOST}.{self.run_id}"
 
     def msg_id(self) -> str:
         return f"run:{self.run_id}:attempt:{self.attempt}:commit"

@@ -90,9 +90,13 @@ class Watch:
                 await self.changed.wait()
 
 
+HOST = "bench"  # the runner's host: commands name the host of their workspace
+
+
 def command(executor: str, run_id: str, workspace: Path) -> ExecuteRun:
     return ExecuteRun(run_id=run_id, task_id="bench", attempt=1, executor=executor,
-                      workspace_path=str(workspace), base_sha="0" * 40, instruction="x")
+                      workspace_path=str(workspace), base_sha="0" * 40, instruction="x",
+                      host=HOST)
 
 
 async def overhead(bus: Bus, watch: Watch, runs: int, workspace: Path) -> dict[str, Any]:
@@ -222,7 +226,8 @@ async def with_runner(args: argparse.Namespace) -> dict[str, Any]:
                          concurrency=args.max_agents, idle_timeout_seconds=3600),
         ]))
         settings = RunnerSettings(nats_url=server.url, data_dir=root / "data",
-                                  executors_file=executors, announce_seconds=3600)
+                                  executors_file=executors, announce_seconds=3600,
+                                  host_id=HOST)
         stopping, ready = asyncio.Event(), asyncio.Event()
 
         async def on_ready(_: list[Service]) -> None:

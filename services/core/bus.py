@@ -212,6 +212,15 @@ class Bus:
             # the legacy create does not update, so say so instead of failing start-up.
             self._log.warning("consumer_config_differs", durable=spec.durable, error=str(exc))
 
+    async def delete_consumer(self, stream: str, durable: str) -> bool:
+        """Remove a durable consumer; False when there was none."""
+        try:
+            await self._js.delete_consumer(stream, durable)
+        except nats.js.errors.NotFoundError:
+            return False
+        self._log.info("consumer_retired", stream=stream, durable=durable)
+        return True
+
     async def ensure_bucket(self, spec: BucketSpec) -> None:
         try:
             await self._js.key_value(spec.name)

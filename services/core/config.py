@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from schemas.hosts import host_token
 from services.core.errors import ConfigError
 
 PREFIX = "ZLOTH_"
@@ -29,11 +30,20 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     instance_id: str = ""  # empty: hostname-pid
     stream_replicas: int = 1  # 3 for R3 streams on a three-node NATS cluster
     tracing: bool = False  # OpenTelemetry over OTLP (OTEL_EXPORTER_OTLP_* say where)
+    # This machine's name in subjects (see schemas/hosts.py); the same for every service
+    # on one host, unique per host. Empty: the host name.
+    host_id: str = ""
 
     def __post_init__(self) -> None:
         # Paths travel in messages between processes: never relative to one's cwd.
         if not self.data_dir.is_absolute():
             msgspec.structs.force_setattr(self, "data_dir", self.data_dir.absolute())
+
+    @property
+    def subject_host(self) -> str:
+        """This host as it appears in subjects and consumer names (not an HTTP bind
+        address: some services have a `host` setting for that)."""
+        return host_token(self.host_id)
 
     def sqlite_path(self, service: str) -> Path:
         return self.data_dir / "db" / f"{service}.sqlite3"

@@ -44,6 +44,9 @@ class Service:
     buckets: list[BucketSpec] = field(default_factory=list)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     health: Callable[[], Awaitable[dict[str, Any]]] | None = None
+    # (stream, durable) of consumers an older version made: removed before ours are made,
+    # since a work-queue stream refuses a new consumer whose filter overlaps an old one's
+    retired_consumers: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -89,6 +92,8 @@ async def provision(bus: Bus, service: Service, replicas: int = 1) -> None:
         await bus.ensure_stream(spec, owner=spec.name in owned, replicas=replicas)
     for bucket in service.buckets:
         await bus.ensure_bucket(bucket)
+    for stream, durable in service.retired_consumers:
+        await bus.delete_consumer(stream, durable)
     for registration in service.consumers:
         await bus.ensure_consumer(registration.spec)
 

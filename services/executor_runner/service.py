@@ -14,6 +14,7 @@ import msgspec
 from schemas.executions import CancelRequested, ExecuteRun
 from schemas.streams import (
     CANCEL_BUCKET,
+    CMD,
     EXECUTORS_BUCKET,
     LLM_BREAKER_BUCKET,
     LLM_CACHE_BUCKET,
@@ -69,8 +70,9 @@ async def build(settings: RunnerSettings, deps: Deps) -> Service:
         buckets += [LLM_CACHE_BUCKET, LLM_BREAKER_BUCKET]
         on_stop.append(runner.llm.aclose)
     consumers: list[Consume[Any]] = [
-        Consume(exec_consumer(name, spec.concurrency, settings.ack_wait_seconds), ExecuteRun,
-                runner.on_execute, concurrency=spec.concurrency)
+        Consume(exec_consumer(name, settings.subject_host, spec.concurrency,
+                              settings.ack_wait_seconds),
+                ExecuteRun, runner.on_execute, concurrency=spec.concurrency)
         for name, spec in executors.items()
         if name not in missing
     ]
@@ -80,6 +82,7 @@ async def build(settings: RunnerSettings, deps: Deps) -> Service:
         tasks=[partial(listen_for_cancels, runner), partial(announce, runner)],
         owned_streams=[LOGS],
         buckets=buckets,
+        retired_consumers=[(CMD.name, f"exec-{name}") for name in executors],
         on_stop=on_stop,
     )
 

@@ -1,8 +1,9 @@
 """An agent's session state between the runs of one task: copied out of the run's
 isolated HOME after the run, and into the next run's fresh HOME when it resumes.
 
-Kept per (task, executor) on this runner's disk: a follow-up that lands on another
-runner host starts without the state, and the CLI then says it cannot resume."""
+Kept per (task, executor) on this runner's disk. A follow-up is pinned to its previous
+run's host (schemas/hosts.py), so the state is here; when that host is gone the scheduler
+re-issues the follow-up elsewhere without a session to resume."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from schemas.executions import (
 )
 from schemas.logs import LogChunk
 from schemas.runs import CancelRun, RunStateChanged, StartRun
-from schemas.streams import CANCEL_BUCKET
+from schemas.streams import CANCEL_BUCKET, CMD
 from schemas.workspaces import (
     CommitWorkspace,
     PrepareWorkspace,
@@ -56,12 +56,14 @@ class Scheduler:
 
     async def on_start_run(self, cmd: StartRun, delivery: Delivery) -> None:
         now = self.clock()
+        previous = await self.runs.get(cmd.previous_run_id) if cmd.previous_run_id else None
         record = RunRecord(
             id=cmd.run_id, task_id=cmd.task_id, message_id=cmd.message_id,
             executor=cmd.executor, repo=cmd.repo, base_ref=cmd.base_ref,
             instruction=cmd.instruction, resume_session=cmd.resume_session,
             previous_run_id=cmd.previous_run_id, timeout_seconds=cmd.timeout_seconds,
             accepted_at=cmd.accepted_at, queued_at=now, updated_at=now,
+            pin_host=previous.host if previous else None,
         )
         run, created = await self.runs.insert_if_absent(record)
         if created:
@@ -92,6 +94,21 @@ class Scheduler:
         self.log.warning("run_overdue", run_id=run_id, due_at=str(run.agent_due_at))
         metrics.runs_overdue_total.labels(run.executor).inc()
         await self.stop_agent(run_id, run.reason or "overdue")
+        return True
+
+    async def unpin_if_untaken(self, run: RunRecord) -> bool:
+        """A follow-up whose pinned host has not taken its prepare for pin_wait_seconds
+        (the host is gone): re-issue it to any host. True if it was unpinned."""
+        waited = (self.clock() - run.updated_at).total_seconds()
+        if run.pin_host is None or waited < self.settings.pin_wait_seconds:
+            return False
+        pinned = step_command(run, self.settings.branch_prefix)
+        changed = await self.apply(run.id, machine.unpin)
+        if changed is None:
+            return False
+        if pinned is not None:  # the host may come back: it must not make a second one
+            await self.bus.purge_subject(CMD.name, pinned.subject())
+        self.log.warning("run_unpinned", run_id=run.id, host=run.pin_host)
         return True
 
     async def stop_agent(self, run_id: str, reason: str) -> None:
@@ -206,13 +223,14 @@ def step_command(run: RunRecord, branch_prefix: str) -> Command | None:
     if run.state == "preparing":
         return PrepareWorkspace(run_id=run.id, attempt=run.attempt, repo=run.repo,
                                 base_ref=run.base_ref, branch=branch,
-                                previous_run_id=run.previous_run_id)
+                                previous_run_id=run.previous_run_id, host=run.pin_host)
     if run.state == "running" and run.workspace_path and run.base_sha:
         return ExecuteRun(
             run_id=run.id, task_id=run.task_id, attempt=run.attempt, executor=run.executor,
             workspace_path=run.workspace_path, base_sha=run.base_sha,
             instruction=with_conflicts(run.instruction, run.conflicts),
             resume_session=run.resume_session, timeout_seconds=run.timeout_seconds,
+            host=run.host or "",
         )
     if run.state == "committing" and run.workspace_path and run.base_sha:
         summary = (run.result.summary or "").strip()
@@ -220,7 +238,7 @@ def step_command(run: RunRecord, branch_prefix: str) -> Command | None:
         body = summary if summary and summary != title else ""
         return CommitWorkspace(
             run_id=run.id, attempt=run.attempt, path=run.workspace_path, branch=branch,
-            base_sha=run.base_sha,
+            base_sha=run.base_sha, host=run.host or "",
             message=f"{title}\n\n{body}\n\nInstruction: {run.instruction[:2000]}".strip(),
         )
     return None

@@ -29,7 +29,7 @@ def workspace_ready(run: RunRecord, event: WorkspaceReady) -> RunRecord | None:
         return None
     return replace(
         run, state="running", workspace_path=event.path, branch=event.branch,
-        base_sha=event.base_sha, conflicts=list(event.conflicts),
+        base_sha=event.base_sha, conflicts=list(event.conflicts), host=event.host or None,
     )
 
 
@@ -125,8 +125,16 @@ def retry_due(run: RunRecord) -> RunRecord | None:
         return None
     return replace(
         run, state="preparing", attempt=run.attempt + 1, retry_at=None, workspace_path=None,
-        agent_started_at=None, agent_due_at=None,
+        agent_started_at=None, agent_due_at=None, host=None,
     )
+
+
+def unpin(run: RunRecord) -> RunRecord | None:
+    """A pinned prepare its host has not taken: let any host make the workspace (the
+    follow-up then starts from the branch zloth committed, without the agent's session)."""
+    if run.state != "preparing" or run.pin_host is None:
+        return None
+    return replace(run, pin_host=None, resume_session=None)
 
 
 def _fail_or_retry(

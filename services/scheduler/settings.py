@@ -16,4 +16,7 @@ class SchedulerSettings(CommonSettings, frozen=True, kw_only=True):
     stall_seconds: float = 30.0
     # a running attempt with no result this long after the runner's own time limit fails
     overdue_grace_seconds: float = 600.0
+    # a follow-up pinned to its previous run's host that no workspace-manager there has
+    # taken this long is re-issued to any host (without resuming the agent's session)
+    pin_wait_seconds: float = 300.0
     branch_prefix: str = "zloth"

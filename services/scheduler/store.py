@@ -36,6 +36,9 @@ class RunRecord(msgspec.Struct, kw_only=True):
     retry_at: datetime | None = None
     reason: str | None = None
     workspace_path: str | None = None
+    host: str | None = None  # where this attempt's workspace is (its commands go there)
+    # a follow-up's prepare goes to its previous run's host (workspace, agent session)
+    pin_host: str | None = None
     branch: str | None = None
     base_sha: str | None = None
     conflicts: list[str] = []  # a follow-up's merge left these for the agent to resolve

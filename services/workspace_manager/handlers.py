@@ -56,7 +56,7 @@ class WorkspaceHandlers:
         await self.bus.publish(WorkspaceReady(
             run_id=cmd.run_id, attempt=cmd.attempt, path=str(workspace.path),
             branch=workspace.branch, base_sha=workspace.base_sha, base_ref=workspace.base_ref,
-            conflicts=workspace.conflicts, host=self.settings.host,
+            conflicts=workspace.conflicts, host=self.settings.subject_host,
         ))
         self.log.info("workspace_ready", run_id=cmd.run_id, path=str(workspace.path))
 

@@ -12,7 +12,6 @@ scheduler does, run one host (replicas on it share the disk and the flocks).
 
 from __future__ import annotations
 
-import re
 from functools import partial
 from typing import Any
 
@@ -46,15 +45,17 @@ def make_factory(settings: WorkspaceSettings) -> tuple[WorkspaceFactory, Janitor
 async def build(settings: WorkspaceSettings, deps: Deps) -> Service:
     factory, janitor = make_factory(settings)
     handlers = WorkspaceHandlers(factory, deps.bus, settings)
-    host = re.sub(r"[^A-Za-z0-9_-]+", "_", settings.host)[:64]
+    host = settings.subject_host
+    # Preparing: any host's (the taker's host is the workspace's), or pinned to this one.
+    # Committing: only where the workspace is. See schemas/hosts.py.
     consumers: list[Consume[Any]] = [
-        Consume(ConsumerSpec(stream=CMD.name, durable="ws-prepare",
-                             filter_subject="zloth.cmd.ws.prepare.>", ack_wait_seconds=60,
-                             max_deliver=5, max_ack_pending=64),
+        Consume(_command_consumer("ws-prepare-any", f"{PrepareWorkspace.subject_prefix}.*"),
                 PrepareWorkspace, handlers.on_prepare, concurrency=16),
-        Consume(ConsumerSpec(stream=CMD.name, durable="ws-commit",
-                             filter_subject="zloth.cmd.ws.commit.>", ack_wait_seconds=60,
-                             max_deliver=5, max_ack_pending=64),
+        Consume(_command_consumer(f"ws-prepare-{host}",
+                                  f"{PrepareWorkspace.subject_prefix}.{host}.*"),
+                PrepareWorkspace, handlers.on_prepare, concurrency=16),
+        Consume(_command_consumer(f"ws-commit-{host}",
+                                  f"{CommitWorkspace.subject_prefix}.{host}.*"),
                 CommitWorkspace, handlers.on_commit, concurrency=16),
         Consume(ConsumerSpec(stream=EVT.name, durable=f"ws-runs-{host}",
                              filter_subject="zloth.evt.run.>", ack_wait_seconds=60,
@@ -66,12 +67,18 @@ async def build(settings: WorkspaceSettings, deps: Deps) -> Service:
     return Service(
         name=NAME,
         consumers=consumers,
+        retired_consumers=[(CMD.name, "ws-prepare"), (CMD.name, "ws-commit")],
         tasks=[
             partial(pool.run, janitor.detach_finished),
             partial(janitor.run, every=settings.gc_interval_seconds,
                     mirrors_every=settings.mirror_maintenance_seconds),
         ],
     )
+
+
+def _command_consumer(durable: str, subjects: str) -> ConsumerSpec:
+    return ConsumerSpec(stream=CMD.name, durable=durable, filter_subject=subjects,
+                        ack_wait_seconds=60, max_deliver=5, max_ack_pending=64)
 
 
 def unit(settings: WorkspaceSettings) -> Unit:

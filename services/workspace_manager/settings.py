@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 from services.core.config import CommonSettings
@@ -30,7 +29,6 @@ class WorkspaceSettings(CommonSettings, frozen=True, kw_only=True):
     push: bool = False  # push each run's branch upstream after zloth's commit
     push_attempts: int = 4
     git_tokens: dict[str, str] = {}  # host -> token for HTTPS upstreams (JSON in the env)
-    host_id: str = ""  # default: the host name
 
     @property
     def workspaces_root(self) -> Path:
@@ -39,7 +37,3 @@ class WorkspaceSettings(CommonSettings, frozen=True, kw_only=True):
     @property
     def mirrors_root(self) -> Path:
         return self.mirrors_dir or self.data_dir / "mirrors"
-
-    @property
-    def host(self) -> str:
-        return self.host_id or socket.gethostname()

@@ -15,7 +15,7 @@ from structlog.testing import LogCapture
 from services.core import metrics
 from services.core.natsd import NatsServer
 from tests.support.gitrepo import make_origin
-from tests.support.stack import inprocess_stack, submit, wait_run
+from tests.support.stack import TEST_HOST, inprocess_stack, submit, wait_run
 
 TERMINAL = {"succeeded", "failed", "canceled"}
 
@@ -39,7 +39,7 @@ async def test_metrics_and_correlated_logs_of_a_few_runs(
 ) -> None:
     origin = make_origin(tmp_path / "origin", files=5, commits=1)
     before = {
-        "ok": sample("zloth_jobs_total", kind="exec-demo-a", status="ok"),
+        "ok": sample("zloth_jobs_total", kind=f"exec-demo-a-{TEST_HOST}", status="ok"),
         "failed": sample("zloth_run_transitions_total", state="failed"),
         "succeeded": sample("zloth_run_transitions_total", state="succeeded"),
         "dispatch": sample("zloth_queue_latency_seconds_count", kind="sched-start"),
@@ -55,14 +55,15 @@ async def test_metrics_and_correlated_logs_of_a_few_runs(
         exported = (await client.get("/metrics")).text
         status = (await client.get("/v1/status")).json()
     assert [d["state"] for d in done] == ["succeeded", "succeeded", "failed"]
-    assert sample("zloth_jobs_total", kind="exec-demo-a", status="ok") - before["ok"] == 2
+    ok = sample("zloth_jobs_total", kind=f"exec-demo-a-{TEST_HOST}", status="ok")
+    assert ok - before["ok"] == 2
     assert sample("zloth_run_transitions_total", state="failed") - before["failed"] == 1
     assert sample("zloth_run_transitions_total", state="succeeded") - before["succeeded"] == 2
     assert sample("zloth_queue_latency_seconds_count", kind="sched-start") - before["dispatch"] == 3
     assert sample("zloth_job_start_latency_seconds_count", executor="demo-a") - before["start"] == 2
     assert sample("zloth_git_clone_seconds_count", kind="workspace") - before["clone"] == 3
-    assert sample("zloth_queue_size", kind="exec-demo-a") == 0
-    assert sample("zloth_queue_ack_pending", kind="exec-demo-a") == 0
+    assert sample("zloth_queue_size", kind=f"exec-demo-a-{TEST_HOST}") == 0
+    assert sample("zloth_queue_ack_pending", kind=f"exec-demo-a-{TEST_HOST}") == 0
     assert 'zloth_http_request_duration_seconds_count{method="POST"' in exported
     assert status["runs_by_state"] == {"succeeded": 2, "failed": 1}
     assert status["executors"]["demo-a"]["concurrency"] >= 1

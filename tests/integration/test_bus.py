@@ -12,11 +12,12 @@ from pathlib import Path
 
 import msgspec
 
-from schemas.streams import CMD
+from schemas.streams import CMD, exec_consumer
 from services.core import metrics
 from services.core.bus import Bus, Consume, Delivery
 from services.core.errors import Retry
 from services.core.natsd import NatsServer
+from services.core.runtime import Service, provision
 from tests.support.buses import consuming, open_leases, wait_for
 from tests.support.pingworker import Ping, ping_spec
 
@@ -215,3 +216,25 @@ async def test_sigterm_drains_in_flight_work_before_exit(
     state = await bus.consumer_state("ZLOTH_CMD", "test-ping")
     assert state["ack_pending"] == 0  # acked, not left for redelivery
     assert state["pending"] == 1  # the second one was never taken
+
+
+async def test_provisioning_retires_an_old_consumer_whose_filter_would_overlap(
+    bus: Bus,
+) -> None:
+    """A work-queue stream refuses a consumer overlapping another's filter: an upgrade
+    from shared consumers to per-host ones removes the old one first."""
+    old = exec_consumer("demo-a", "h1", 2)
+    old = msgspec.structs.replace(old, durable="exec-demo-a",
+                                  filter_subject="zloth.cmd.exec.demo-a.>")
+    await bus.ensure_consumer(old)
+    new = exec_consumer("demo-a", "h1", 2)
+    service = Service(name="runner", retired_consumers=[(CMD.name, "exec-demo-a")],
+                      consumers=[Consume(new, Ping, _ignore)])
+    await provision(bus, service)
+    assert set(await bus.consumers_state(CMD.name)) == {"exec-demo-a-h1"}
+    await provision(bus, service)  # again, with nothing left to retire: still fine
+    assert set(await bus.consumers_state(CMD.name)) == {"exec-demo-a-h1"}
+
+
+async def _ignore(message: Ping, delivery: Delivery) -> None:
+    return None

@@ -37,6 +37,9 @@ PROBE = textwrap.dedent("""
 SLOW_CAP, FAST_CAP, RUNS = 2, 4, 8
 
 
+HOST = "h1"
+
+
 def spec(name: str, cap: int, seconds: float, log: Path) -> ExecutorSpec:
     return ExecutorSpec(name=name, command=[sys.executable, "-c", PROBE, name, str(seconds)],
                         output="jsonl", concurrency=cap, env={"PROBE_LOG": str(log)})
@@ -69,6 +72,7 @@ async def start_runner(runners: list[subprocess.Popen[bytes]], nats_url: str,
     env = {**os.environ, "ZLOTH_NATS_URL": nats_url, "ZLOTH_LOG_FORMAT": "json",
            "ZLOTH_DATA_DIR": str(tmp_path / f"runner{n}"),
            "ZLOTH_EXECUTORS_FILE": str(executors), "ZLOTH_ANNOUNCE_SECONDS": "1",
+           "ZLOTH_HOST_ID": HOST,  # two replicas on one host share its consumer and cap
            "ZLOTH_METRICS_PORT": str(free_port())}
     log = tmp_path / f"runner{n}.log"
     with log.open("wb") as out:
@@ -95,7 +99,8 @@ async def test_two_runners_never_exceed_a_kinds_cap_and_other_kinds_flow(
             for kind in ("slow", "fast"):
                 await bus.publish(ExecuteRun(
                     run_id=f"run_{kind}{i}", task_id="task_1", attempt=1, executor=kind,
-                    workspace_path=str(workspace), base_sha="0" * 40, instruction="x"))
+                    workspace_path=str(workspace), base_sha="0" * 40, instruction="x",
+                    host=HOST))
         # runner 1 holds the whole slow cap; runner 2 comes up and runner 1 drains away,
         # so for a while both run slow agents, and the cap still holds across them
         await wait_for(lambda: count(log, "slow", "start") >= SLOW_CAP)

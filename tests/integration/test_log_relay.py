@@ -5,7 +5,6 @@ archive outliving the stream, the per-task event stream, paged history."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -32,6 +31,7 @@ from services.log_relay.settings import LogRelaySettings
 from services.log_relay.store import ArchiveStore
 from tests.support.buses import wait_for
 from tests.support.sse import SseRead, StalledClient, read_sse, read_sse_raw
+from tests.support.stack import free_port
 
 RUN = "run_0123456789abcdef"
 
@@ -52,20 +52,13 @@ class Relay:
         return stats
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @asynccontextmanager
 async def relay(nats: NatsServer, data_dir: Path, **overrides: Any) -> AsyncIterator[Relay]:
     """One log-relay replica (its own HTTP server), stopped gracefully on exit."""
     instance = f"relay-{uuid.uuid4().hex[:8]}"
     settings = LogRelaySettings(nats_url=nats.url, data_dir=data_dir, instance_id=instance,
                                 **overrides)
-    port = _free_port()
+    port = free_port()
     stopping = asyncio.Event()
     started: list[Service] = []
 

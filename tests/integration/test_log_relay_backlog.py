@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -26,6 +25,7 @@ from services.core.natsd import NatsServer
 from tests.integration.test_log_relay import Runner
 from tests.support.buses import wait_for
 from tests.support.sse import SseRead, read_sse
+from tests.support.stack import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 RUN = "run_backlog"
@@ -52,19 +52,12 @@ class RelayProcess:
         return [entry for entry in parsed if entry.get("event") == name]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @asynccontextmanager
 async def relay_process(
     nats: NatsServer, data_dir: Path, **env: str
 ) -> AsyncIterator[RelayProcess]:
     """`python -m services.log_relay`, configured by environment variables like in use."""
-    port, instance = _free_port(), f"relay-{uuid.uuid4().hex[:8]}"
+    port, instance = free_port(), f"relay-{uuid.uuid4().hex[:8]}"
     environ = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "ZLOTH_NATS_URL": nats.url,
         "ZLOTH_DATA_DIR": str(data_dir), "ZLOTH_LOG_RELAY_PORT": str(port),

@@ -13,7 +13,13 @@ import pytest
 from schemas.base import utcnow
 from schemas.executions import ExecuteRun, ExecutionFinished
 from schemas.runs import CancelRun, RepoRef, RunStateChanged, StartRun
-from schemas.workspaces import PrepareWorkspace, WorkspaceFailed, WorkspaceReady
+from schemas.workspaces import (
+    CommitWorkspace,
+    PrepareWorkspace,
+    WorkspaceCommitted,
+    WorkspaceFailed,
+    WorkspaceReady,
+)
 from services.core.bus import Bus
 from services.core.natsd import NatsServer
 from services.core.runtime import run_services
@@ -25,7 +31,7 @@ from services.scheduler.settings import SchedulerSettings
 async def scheduler(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[None]:
     settings = SchedulerSettings(nats_url=nats_server.url, data_dir=tmp_path, max_attempts=2,
                                  retry_backoff_seconds=[0.2], reconcile_seconds=0.3,
-                                 stall_seconds=1.0, tick_seconds=0.1)
+                                 stall_seconds=1.0, tick_seconds=0.1, pin_wait_seconds=2.0)
     stopping = asyncio.Event()
     task = asyncio.create_task(run_services(settings, [unit(settings)], nats_server.url,
                                             stopping=stopping, drain_seconds=5))
@@ -37,10 +43,11 @@ async def scheduler(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[No
         await task
 
 
-def start(run_id: str) -> StartRun:
+def start(run_id: str, previous_run_id: str | None = None) -> StartRun:
     return StartRun(run_id=run_id, task_id="task_1", message_id="msg_1",
                     repo=RepoRef(repo_id="repo_1", url="/nowhere"), instruction="do it",
-                    executor="demo-a", accepted_at=utcnow())
+                    executor="demo-a", accepted_at=utcnow(), previous_run_id=previous_run_id,
+                    resume_session="sess-1" if previous_run_id else None)
 
 
 async def states(bus: Bus, run_id: str, until: str, timeout: float = 10.0) -> list[str]:
@@ -73,8 +80,8 @@ async def test_a_retryable_workspace_failure_starts_a_second_attempt(bus: Bus) -
     second = await next_command(bus, "zloth.cmd.ws.prepare.run_a", PrepareWorkspace)
     assert isinstance(second, PrepareWorkspace) and second.attempt == 2
     await bus.publish(WorkspaceReady(run_id="run_a", attempt=2, path="/w", branch=second.branch,
-                                     base_sha="a" * 40, base_ref="main"))
-    execute = await next_command(bus, "zloth.cmd.exec.demo-a.run_a", ExecuteRun)
+                                     base_sha="a" * 40, base_ref="main", host="h1"))
+    execute = await next_command(bus, "zloth.cmd.exec.demo-a.h1.run_a", ExecuteRun)
     assert isinstance(execute, ExecuteRun) and execute.attempt == 2
     await bus.publish(ExecutionFinished(run_id="run_a", attempt=2, executor="demo-a",
                                         outcome="failed", reason="exit code 3",
@@ -115,3 +122,58 @@ async def test_a_dead_lettered_command_fails_its_run(bus: Bus) -> None:
                           headers={"Zloth-Original-Subject": "zloth.logs.run_x"})
     seen = await states(bus, "run_d", "failed")
     assert seen[-1] == "failed"
+
+
+async def run_on_host(bus: Bus, run_id: str, host: str) -> None:
+    """Play host `host`: take the run's prepare, run and commit it there."""
+    prepare = await next_command(bus, f"zloth.cmd.ws.prepare.{run_id}", PrepareWorkspace)
+    assert isinstance(prepare, PrepareWorkspace)
+    await bus.publish(WorkspaceReady(run_id=run_id, attempt=1, path=f"/w/{run_id}",
+                                     branch=prepare.branch, base_sha="a" * 40,
+                                     base_ref="main", host=host))
+    execute = await next_command(bus, f"zloth.cmd.exec.demo-a.{host}.{run_id}", ExecuteRun)
+    assert isinstance(execute, ExecuteRun) and execute.host == host
+    await bus.publish(ExecutionFinished(run_id=run_id, attempt=1, executor="demo-a",
+                                        outcome="succeeded", session_id="sess-1",
+                                        finished_at=utcnow()))
+    commit = await next_command(bus, f"zloth.cmd.ws.commit.{host}.{run_id}", CommitWorkspace)
+    assert isinstance(commit, CommitWorkspace) and commit.host == host
+    await bus.publish(WorkspaceCommitted(run_id=run_id, attempt=1, branch=prepare.branch,
+                                         base_sha="a" * 40, commit_sha="b" * 40))
+    assert (await states(bus, run_id, "succeeded"))[-1] == "succeeded"
+
+
+@pytest.mark.usefixtures("scheduler")
+async def test_a_runs_commands_follow_its_workspace_host_and_a_follow_up_is_pinned(
+    bus: Bus,
+) -> None:
+    await bus.publish(start("run_e"))
+    await run_on_host(bus, "run_e", "hostb")
+    await bus.publish(start("run_f", previous_run_id="run_e"))
+    pinned = await next_command(bus, "zloth.cmd.ws.prepare.hostb.run_f", PrepareWorkspace)
+    assert isinstance(pinned, PrepareWorkspace) and pinned.host == "hostb"
+    assert not await bus.has_message("ZLOTH_CMD", "zloth.cmd.ws.prepare.run_f")
+    await bus.publish(WorkspaceReady(run_id="run_f", attempt=1, path="/w/run_f",
+                                     branch=pinned.branch, base_sha="a" * 40,
+                                     base_ref="main", host="hostb"))
+    execute = await next_command(bus, "zloth.cmd.exec.demo-a.hostb.run_f", ExecuteRun)
+    assert isinstance(execute, ExecuteRun) and execute.resume_session == "sess-1"
+
+
+@pytest.mark.usefixtures("scheduler")
+async def test_a_follow_up_whose_host_never_takes_it_goes_to_any_host_without_resuming(
+    bus: Bus,
+) -> None:
+    await bus.publish(start("run_g"))
+    await run_on_host(bus, "run_g", "gone")
+    await bus.publish(start("run_h", previous_run_id="run_g"))
+    await next_command(bus, "zloth.cmd.ws.prepare.gone.run_h", PrepareWorkspace)
+    # nobody on host "gone" takes it: after pin_wait_seconds any host may
+    anywhere = await next_command(bus, "zloth.cmd.ws.prepare.run_h", PrepareWorkspace, 15)
+    assert isinstance(anywhere, PrepareWorkspace) and anywhere.host is None
+    assert not await bus.has_message("ZLOTH_CMD", "zloth.cmd.ws.prepare.gone.run_h")
+    await bus.publish(WorkspaceReady(run_id="run_h", attempt=1, path="/w/run_h",
+                                     branch=anywhere.branch, base_sha="a" * 40,
+                                     base_ref="main", host="hosta"))
+    execute = await next_command(bus, "zloth.cmd.exec.demo-a.hosta.run_h", ExecuteRun)
+    assert isinstance(execute, ExecuteRun) and execute.resume_session is None

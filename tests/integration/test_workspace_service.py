@@ -70,11 +70,11 @@ async def test_terminal_run_event_makes_the_workspace_warm(
             await bus.publish(PrepareWorkspace(run_id="run1", attempt=1, repo=repo,
                                                branch="zloth/run1"))
             ready = await _next(bus, "zloth.evt.ws.ready", WorkspaceReady)
-            assert isinstance(ready, WorkspaceReady) and ready.host == "host.a"
+            assert isinstance(ready, WorkspaceReady) and ready.host == "host-a"
             (Path(ready.path) / "new.txt").write_text("agent\n")
             await bus.publish(CommitWorkspace(run_id="run1", attempt=1, path=ready.path,
                                               branch=ready.branch, base_sha=ready.base_sha,
-                                              message="m"))
+                                              message="m", host=ready.host))
             committed = await _next(bus, "zloth.evt.ws.committed", WorkspaceCommitted)
             assert isinstance(committed, WorkspaceCommitted) and committed.commit_sha
             await bus.publish(RunStateChanged(run_id="run1", task_id="t1", executor="x",

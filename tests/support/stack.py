@@ -29,6 +29,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+TEST_HOST = "testhost"  # the stack's host token (commands and consumers name it)
+
+
 def stack_env(nats_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
     """The environment the services read their settings from."""
     env = {
@@ -39,6 +42,7 @@ def stack_env(nats_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
         "ZLOTH_STALL_SECONDS": "3",
         "ZLOTH_ACK_WAIT_SECONDS": "3",
         "ZLOTH_ANNOUNCE_SECONDS": "1",
+        "ZLOTH_HOST_ID": TEST_HOST,
     }
     env.update(extra)
     return env

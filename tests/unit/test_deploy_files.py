@@ -38,3 +38,13 @@ def test_proxy_routes_log_streams_to_the_relay() -> None:
     caddy = (ROOT / "ops" / "proxy" / "Caddyfile").read_text()
     assert "log-relay:8001" in caddy and "gateway:8000" in caddy
     assert "logs(/stream)?" in caddy and "events/stream" in caddy
+
+
+def test_services_sharing_the_workspaces_volume_are_one_host() -> None:
+    """Containers have their own host names: the workspace-manager and the runner that
+    share a disk must say they are one host, or no runner takes their runs' commands."""
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    sharing = [s for s in services.values() if "workspaces:/data" in s.get("volumes", [])]
+    assert len(sharing) == 2
+    hosts = {s["environment"].get("ZLOTH_HOST_ID") for s in sharing}
+    assert len(hosts) == 1 and None not in hosts
