@@ -36,11 +36,11 @@ def workspace_ready(run: RunRecord, event: WorkspaceReady) -> RunRecord | None:
 def agent_started(run: RunRecord, event: ExecutionStarted) -> RunRecord | None:
     """A timing fact, not a transition: a quick agent's finish may be handled first. The
     first start is the one measured; a redelivered attempt's start moves the due time."""
-    if run.attempt != event.attempt or run.terminal:
+    if run.attempt != event.attempt:
         return None
     started = run.agent_started_at or event.started_at
     due = run.agent_due_at
-    if event.timeout_seconds is not None:
+    if event.timeout_seconds is not None and not run.terminal:
         limit = event.started_at + timedelta(seconds=event.timeout_seconds)
         due = limit if due is None else max(due, limit)
     if (started, due) == (run.agent_started_at, run.agent_due_at):

@@ -151,3 +151,11 @@ def test_no_limit_known_means_never_overdue_and_a_retry_forgets_the_due_time() -
     due = machine.replace(run, state="retrying", agent_due_at=T0)
     retried = machine.retry_due(due)
     assert retried is not None and retried.agent_due_at is None
+
+
+def test_a_start_handled_after_a_quick_finish_is_still_recorded() -> None:
+    """The start event can come after the run ended (a quick agent): the timing counts."""
+    done = record(state="succeeded", finished_at=T0)
+    late = machine.agent_started(done, started(T0, 60))
+    assert late is not None and late.agent_started_at == T0
+    assert late.state == "succeeded" and late.agent_due_at is None
