@@ -68,6 +68,7 @@ class ExecutionFinished(Event, frozen=True, kw_only=True):
     cost_usd: float | None = None
     finished_at: datetime
     retryable: bool = False
+    retry_after_seconds: float | None = None  # with retryable: not sooner than this
 
     def msg_id(self) -> str:
         return f"run:{self.run_id}:attempt:{self.attempt}:exec-finished"

@@ -404,6 +404,13 @@ class Bus:
             "waiting": int(info.num_waiting or 0),
         }
 
+    async def has_consumer(self, stream: str, durable: str) -> bool:
+        try:
+            await self._js.consumer_info(stream, durable)
+        except nats.js.errors.NotFoundError:
+            return False
+        return True
+
     async def consumers_state(self, stream: str) -> dict[str, dict[str, int]]:
         """Every consumer of `stream` with its pending, ack-pending and redelivered counts."""
         found: dict[str, dict[str, int]] = {}

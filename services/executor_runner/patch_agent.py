@@ -93,7 +93,10 @@ async def run_patch_agent(
     try:
         response = asking.result()
     except LLMError as exc:
-        return _ended("failed", f"{provider} call failed: {exc}"), None
+        # fails fast (open breaker, rate limit, outage): the run is tried again later,
+        # not burned; a refusal (bad request, auth) is final
+        retry = None if exc.non_retryable else max(exc.next_retry_delay, 1.0)
+        return _ended("failed", f"{provider} call failed: {exc}", retry), None
     usage = {"input_tokens": response.usage.input, "output_tokens": response.usage.output}
     diff, prose = extract_diff(response.text)
     await log(f"[patch agent] reply: {len(response.text)} characters")
@@ -115,5 +118,7 @@ async def run_patch_agent(
     return _ended("succeeded", None), result
 
 
-def _ended(outcome: ExecutionOutcome, reason: str | None) -> ProcessOutcome:
-    return ProcessOutcome(outcome=outcome, exit_code=None, reason=reason, output_bytes=0, pid=0)
+def _ended(outcome: ExecutionOutcome, reason: str | None, retry_after: float | None = None
+           ) -> ProcessOutcome:
+    return ProcessOutcome(outcome=outcome, exit_code=None, reason=reason, output_bytes=0, pid=0,
+                          retry_after_seconds=retry_after)

@@ -88,6 +88,9 @@ class ProcessOutcome(msgspec.Struct, frozen=True, kw_only=True):
     reason: str | None
     output_bytes: int
     pid: int
+    # a failure worth another attempt, not before this many seconds (an LLM provider's
+    # outage or rate limit as the patch agent saw it); None: not retryable
+    retry_after_seconds: float | None = None
 
 
 class _PidRecord(msgspec.Struct, frozen=True, kw_only=True):

@@ -74,6 +74,8 @@ class Runner:
             usage=result.usage if result else {},
             cost_usd=result.cost_usd if result else None,
             finished_at=utcnow(),
+            retryable=outcome.retry_after_seconds is not None,
+            retry_after_seconds=outcome.retry_after_seconds,
         )
         await self.store.execute(
             "INSERT INTO executions (run_id, attempt, finished) VALUES (?, ?, ?)"

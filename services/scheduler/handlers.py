@@ -17,7 +17,7 @@ from schemas.executions import (
 )
 from schemas.logs import LogChunk
 from schemas.runs import CancelRun, RunStateChanged, StartRun
-from schemas.streams import CANCEL_BUCKET, CMD
+from schemas.streams import CANCEL_BUCKET, CMD, exec_consumer
 from schemas.workspaces import (
     CommitWorkspace,
     PrepareWorkspace,
@@ -94,6 +94,26 @@ class Scheduler:
         self.log.warning("run_overdue", run_id=run_id, due_at=str(run.agent_due_at))
         metrics.runs_overdue_total.labels(run.executor).inc()
         await self.stop_agent(run_id, run.reason or "overdue")
+        return True
+
+    async def fail_if_no_runner(self, run: RunRecord) -> bool:
+        """A stalled run waiting for its agent on a host with no runner for its executor
+        (see schemas/hosts.py): retried, or failed saying so. True if it was."""
+        if run.state != "running" or run.agent_started_at or not run.host:
+            return False
+        durable = exec_consumer(run.executor, run.host, 1).durable
+        if await self.bus.has_consumer(CMD.name, durable):
+            return False
+        now, settings = self.clock(), self.settings
+        waiting = step_command(run, settings.branch_prefix)
+        changed = await self.apply(run.id, lambda r: machine.no_runner(
+            r, now, settings.max_attempts, settings.retry_backoff_seconds))
+        if changed is None:
+            return False
+        if waiting is not None:  # nobody will ever take it off the work queue
+            await self.bus.purge_subject(CMD.name, waiting.subject())
+        self.log.warning("run_without_runner", run_id=run.id, host=run.host,
+                         executor=run.executor)
         return True
 
     async def unpin_if_untaken(self, run: RunRecord) -> bool:

@@ -78,7 +78,7 @@ def execution_finished(
                        finished_at=now)
     reason = event.reason or event.outcome
     return _fail_or_retry(replace(run, result=result), reason, event.retryable, now,
-                          max_attempts, backoff)
+                          max_attempts, backoff, not_before=event.retry_after_seconds)
 
 
 def workspace_committed(
@@ -129,6 +129,16 @@ def retry_due(run: RunRecord) -> RunRecord | None:
     )
 
 
+def no_runner(run: RunRecord, now: datetime, max_attempts: int, backoff: list[float]
+              ) -> RunRecord | None:
+    """The workspace is on a host where no runner serves the run's executor: try again
+    (the next attempt's workspace may land on a host that has one)."""
+    if run.state != "running" or run.agent_started_at is not None:
+        return None
+    reason = f"no executor-runner serves {run.executor} on host {run.host}"
+    return _fail_or_retry(run, reason, True, now, max_attempts, backoff)
+
+
 def unpin(run: RunRecord) -> RunRecord | None:
     """A pinned prepare its host has not taken: let any host make the workspace (the
     follow-up then starts from the branch zloth committed, without the agent's session)."""
@@ -139,10 +149,11 @@ def unpin(run: RunRecord) -> RunRecord | None:
 
 def _fail_or_retry(
     run: RunRecord, reason: str, retryable: bool, now: datetime, max_attempts: int,
-    backoff: list[float],
+    backoff: list[float], not_before: float | None = None,
 ) -> RunRecord:
     if retryable and run.attempt < max_attempts:
         delay = backoff[min(run.attempt, len(backoff)) - 1] if backoff else 0.0
+        delay = max(delay, not_before or 0.0)
         return replace(run, state="retrying", reason=reason,
                        retry_at=now + timedelta(seconds=delay))
     return replace(run, state="failed", reason=reason, finished_at=now, retry_at=None)

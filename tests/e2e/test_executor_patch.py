@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from services.core.natsd import NatsServer
-from tests.support.fake_providers import FakeProvider, Script
+from tests.support.fake_providers import FakeProvider, Fault, Script
 from tests.support.gitrepo import make_origin
 from tests.support.stack import inprocess_stack, submit, wait_for_executors, wait_run
 
@@ -43,3 +43,27 @@ async def test_patch_agent_run_is_committed_with_its_summary(
     assert run["summary"] == "Adds PATCHED.md."
     assert "PATCHED.md" in run["diff"] and run["commit_sha"]
     assert headers.get("x-api-key") == "test-key"
+
+
+async def test_a_provider_outage_retries_the_run_instead_of_burning_it(
+    nats_server: NatsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The provider answers 503 at first: the attempt fails fast as retryable, the
+    scheduler waits, and the next attempt (provider back) succeeds."""
+    origin = make_origin(tmp_path / "origin", files=3, commits=1)
+    reply = f"Adds PATCHED.md.\n```diff\n{DIFF}```\n"
+    with FakeProvider(script=Script(reply=reply), fault=Fault(status=503)) as fake:
+        monkeypatch.setenv("ZLOTH_LLM_PROVIDERS", json.dumps(
+            {"anthropic": {"base_url": fake.url, "key_name": "llm.anthropic"}}))
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+        monkeypatch.setenv("ZLOTH_LLM_MAX_ATTEMPTS", "1")  # the client gives up at once
+        async with inprocess_stack(nats_server.url, tmp_path / "data") as client:
+            await wait_for_executors(client, ("patch",))
+            accepted = await submit(client, origin, ["patch"], "Add PATCHED.md")
+            run_id = accepted["runs"][0]["id"]
+            retrying = await wait_run(client, run_id, {"retrying", "failed", "succeeded"}, 60)
+            fake.fault = None  # the provider is back
+            run = await wait_run(client, run_id, {"succeeded", "failed", "canceled"}, 60)
+    assert retrying["state"] == "retrying", retrying.get("reason")
+    assert "503" in str(retrying["reason"]) or "server" in str(retrying["reason"])
+    assert (run["state"], run["attempt"]) == ("succeeded", 2), run.get("reason")

@@ -13,10 +13,11 @@ import pytest
 from services.core.bus import Bus
 from services.core.llm import LLMClient, LLMSettings, ProviderSettings
 from services.core.natsd import NatsServer
-from services.executor_runner.executors import ExecutorSpec, builtin_executors
+from services.executor_runner.executors import AgentResult, ExecutorSpec, builtin_executors
 from services.executor_runner.llm import EnvKeys
 from services.executor_runner.patch_agent import extract_diff, run_patch_agent
-from tests.support.fake_providers import FakeProvider, Script
+from services.executor_runner.process import ProcessOutcome
+from tests.support.fake_providers import FakeProvider, Fault, Script
 from tests.support.gitrepo import git
 
 README_DIFF = """\
@@ -52,6 +53,12 @@ def workspace(tmp_path: Path) -> Path:
 
 async def patch(bus: Bus, fake: FakeProvider, provider: str, repo: Path
                 ) -> tuple[str, str | None, str | None, list[str]]:
+    outcome, result, lines = await patch_outcome(bus, fake, provider, repo)
+    return outcome.outcome, outcome.reason, result.summary if result else None, lines
+
+
+async def patch_outcome(bus: Bus, fake: FakeProvider, provider: str, repo: Path
+                        ) -> tuple[ProcessOutcome, AgentResult | None, list[str]]:
     settings = LLMSettings(providers={
         name: ProviderSettings(base_url=fake.url, key_name=f"llm.{name}", read_timeout=5,
                                attempt_timeout=10) for name in ("openai", "anthropic", "google")
@@ -66,7 +73,7 @@ async def patch(bus: Bus, fake: FakeProvider, provider: str, repo: Path
     async with LLMClient(settings, bus, KEYS) as client:
         outcome, result = await run_patch_agent(client, spec, "Patch README.md", repo, log,
                                                 asyncio.Event(), 30)
-    return outcome.outcome, outcome.reason, result.summary if result else None, lines
+    return outcome, result, lines
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic", "google"])
@@ -112,3 +119,22 @@ def test_extract_diff_reads_fenced_and_bare_diffs() -> None:
 def test_the_builtin_patch_executor_names_a_provider_and_model() -> None:
     spec = builtin_executors()["patch"]
     assert (spec.adapter, spec.provider) == ("patch", "anthropic") and spec.model
+
+
+async def test_a_provider_outage_fails_the_attempt_as_retryable_and_a_refusal_as_final(
+    bus: Bus, tmp_path: Path
+) -> None:
+    """A 429 with Retry-After (or a 5xx) must not burn the run: the attempt fails fast
+    and asks to be tried again, not sooner than the provider said; a 400 is final."""
+    repo = workspace(tmp_path)
+    with FakeProvider(fault=Fault(status=429, retry_after=7)) as fake:
+        limited, _, _ = await patch_outcome(bus, fake, "anthropic", repo)
+    with FakeProvider(fault=Fault(status=500)) as fake:
+        down, _, _ = await patch_outcome(bus, fake, "openai", repo)
+    with FakeProvider(fault=Fault(status=400)) as fake:
+        refused, _, _ = await patch_outcome(bus, fake, "google", repo)
+    assert limited.outcome == down.outcome == refused.outcome == "failed"
+    assert limited.retry_after_seconds is not None and limited.retry_after_seconds >= 7
+    assert down.retry_after_seconds is not None and down.retry_after_seconds >= 1
+    assert refused.retry_after_seconds is None
+    assert git("status", "--porcelain", cwd=repo) == ""

@@ -177,3 +177,29 @@ async def test_a_follow_up_whose_host_never_takes_it_goes_to_any_host_without_re
                                      base_ref="main", host="hosta"))
     execute = await next_command(bus, "zloth.cmd.exec.demo-a.hosta.run_h", ExecuteRun)
     assert isinstance(execute, ExecuteRun) and execute.resume_session is None
+
+
+@pytest.mark.usefixtures("scheduler")
+async def test_a_workspace_on_a_host_without_a_runner_for_its_executor_is_retried(
+    bus: Bus,
+) -> None:
+    """No consumer `exec-demo-a-lonely` exists (no runner there serves demo-a): the attempt
+    ends, a new one prepares anywhere, and the last one fails saying why."""
+    await bus.publish(start("run_i"))
+    for attempt in (1, 2):
+        prepare = await next_command(bus, "zloth.cmd.ws.prepare.run_i", PrepareWorkspace, 15)
+        assert isinstance(prepare, PrepareWorkspace) and prepare.attempt == attempt
+        await bus.purge_subject("ZLOTH_CMD", "zloth.cmd.ws.prepare.run_i")
+        await bus.publish(WorkspaceReady(run_id="run_i", attempt=attempt, path="/w/run_i",
+                                         branch=prepare.branch, base_sha="a" * 40,
+                                         base_ref="main", host="lonely"))
+    seen = await states(bus, "run_i", "failed", timeout=20)
+    assert seen == ["queued", "preparing", "running", "retrying", "preparing", "running",
+                    "failed"]
+    async with asyncio.timeout(5):  # purged right after the failure is published
+        while await bus.has_message("ZLOTH_CMD", "zloth.cmd.exec.demo-a.lonely.run_i"):
+            await asyncio.sleep(0.05)
+    run = await bus.last_message("ZLOTH_EVT", "zloth.evt.run.failed.*.run_i")
+    assert run is not None
+    reason = msgspec.json.decode(run[1], type=RunStateChanged).reason
+    assert reason == "no executor-runner serves demo-a on host lonely"

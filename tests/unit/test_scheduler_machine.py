@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import msgspec
+
 from schemas.executions import ExecutionFinished, ExecutionStarted
 from schemas.runs import RepoRef
 from schemas.workspaces import WorkspaceCommitted, WorkspaceFailed, WorkspaceReady
@@ -159,3 +161,14 @@ def test_a_start_handled_after_a_quick_finish_is_still_recorded() -> None:
     late = machine.agent_started(done, started(T0, 60))
     assert late is not None and late.agent_started_at == T0
     assert late.state == "succeeded" and late.agent_due_at is None
+
+
+def test_a_retryable_failure_waits_at_least_as_long_as_the_runner_asked() -> None:
+    running = record(state="running", workspace_path="/w", base_sha="a" * 40)
+    event = msgspec.structs.replace(finished("failed", retryable=True), retry_after_seconds=30)
+    run = machine.execution_finished(running, event, T0, 3, BACKOFF)
+    assert run is not None and run.state == "retrying"
+    assert run.retry_at == T0 + timedelta(seconds=30)  # not the 2 s backoff
+    soon = machine.execution_finished(running, finished("failed", retryable=True), T0, 3,
+                                      BACKOFF)
+    assert soon is not None and soon.retry_at == T0 + timedelta(seconds=2)
