@@ -21,6 +21,7 @@ import pytest
 from services.core import metrics
 from services.core.bus import Bus
 from services.core.llm import LLMClient, LLMError, Request, Response
+from services.core.llm.wire import REQUEST_STATUSES
 from services.core.natsd import NatsServer
 from tests.support.fake_llm import FakeLLM, Fault, Hit, fake_settings, secret_store
 
@@ -128,6 +129,7 @@ async def test_a_hopeless_call_gives_up_cleanly(
     once and say when to come back, rather than sleep into the deadline. Always hanging:
     the deadline ends it, on time."""
     fake.plan = lambda attempt, prompt: fault
+    counted = {kind: requests_with(kind) for kind in kinds}
     started = time.monotonic()
     with pytest.raises(LLMError) as caught:
         await client.complete(Request(provider="anthropic", model="m", prompt="hopeless",
@@ -138,3 +140,12 @@ async def test_a_hopeless_call_gives_up_cleanly(
     assert not caught.value.non_retryable and getattr(caught.value, "kind", "") in kinds
     if fault.retry_after:
         assert elapsed < 0.5 and caught.value.next_retry_delay >= fault.retry_after
+    # every answered attempt is counted under the status the alerts query (ops/alerts.yml)
+    added = sum(requests_with(kind) - before for kind, before in counted.items())
+    assert added >= min(expected_hits) - (1 if "timeout" in kinds else 0)
+    assert kinds & set(REQUEST_STATUSES)
+
+
+def requests_with(status: str) -> float:
+    return metrics.REGISTRY.get_sample_value(
+        "zloth_llm_requests_total", {"provider": "anthropic", "status": status}) or 0.0

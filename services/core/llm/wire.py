@@ -42,6 +42,11 @@ class RateInfo:
     limit_tokens: int | None = None
 
 
+# `zloth_llm_requests_total{status}`: one per attempt; the alerts query these values
+TRANSIENT_KINDS = ("rate_limited", "server_error", "timeout", "connection", "stream_cut")
+REQUEST_STATUSES = ("ok", "rejected", *TRANSIENT_KINDS)
+
+
 class Transient(Exception):
     """One attempt ended in an outcome worth retrying (internal to the client)."""
 
@@ -49,8 +54,10 @@ class Transient(Exception):
         self, kind: str, detail: str, *, status: int = 0, retry_after: float | None = None,
         rate: RateInfo | None = None,
     ) -> None:
+        if kind not in TRANSIENT_KINDS:
+            raise ValueError(f"unknown transient kind {kind!r}")  # the metric label set
         super().__init__(f"{kind}: {detail}")
-        self.kind = kind  # rate_limited | server_error | timeout | connection | stream_cut
+        self.kind = kind
         self.detail = detail
         self.status = status
         self.retry_after = retry_after
