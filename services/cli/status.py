@@ -21,11 +21,24 @@ def render_status(status: dict[str, Any], out: TextIO) -> None:
         for durable, state in sorted(stream.get("consumers", {}).items()):
             out.write(f"  {durable:<32}{'':>8}{state['pending']:>9}{state['ack_pending']:>9}"
                       f"{state['redelivered']:>9}\n")
-    out.write(f"\n{'executor':<16}{'installed':>10}{'concurrency':>13}  version\n")
+    out.write(f"\n{'executor':<16}{'installed':>10}{'in use':>10}  version\n")
+    in_use = status.get("executors_in_use", {})
     for name, info in sorted(status.get("executors", {}).items()):
         installed = "yes" if info.get("installed", True) else "no"
-        out.write(f"{name:<16}{installed:>10}{info.get('concurrency', '?'):>13}"
-                  f"  {info.get('version') or ''}\n")
+        use = in_use.get(name)
+        used = f"{use['running']}/{use['concurrency']}" if use else "-"
+        out.write(f"{name:<16}{installed:>10}{used:>10}  {info.get('version') or ''}\n")
+    breakers = status.get("breakers", {})
+    out.write("\nLLM breakers  " + ("  ".join(f"{provider} {b['state']}" for provider, b
+                                             in sorted(breakers.items())) or "all closed")
+              + "\n")
+    out.write(f"\n{'host':<24}{'workspaces':>12}{'ws bytes':>14}{'mirror bytes':>14}"
+              f"{'budget':>14}\n")
+    for host, disk in sorted(status.get("disk", {}).items()):
+        count = sum((disk.get("workspaces") or {}).values())
+        out.write(f"{host:<24}{count:>12}{_size(disk.get('workspaces_bytes')):>14}"
+                  f"{_size(disk.get('mirrors_bytes')):>14}"
+                  f"{_size(disk.get('budget_bytes') or None):>14}\n")
     out.write(f"\n{'service instance':<44}{'age':>6}  health\n")
     now = time.time()
     for key, report in sorted(status.get("services", {}).items()):
@@ -33,3 +46,14 @@ def render_status(status: dict[str, Any], out: TextIO) -> None:
         health = report.get("health", {})
         flags = " ".join(f"{k}={v}" for k, v in health.items() if not isinstance(v, dict))
         out.write(f"{key:<44}{age:>6}  {flags}\n")
+
+
+def _size(count: int | None) -> str:
+    if count is None:
+        return "-"
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -49,6 +50,7 @@ class Runner:
         self.executors = executors
         self.runner_id = runner_id
         self.cancels: dict[str, asyncio.Event] = {}
+        self.active: Counter[str] = Counter()  # executor → agents running now (status)
         self.installed: dict[str, Installed] = {}  # executor → (installed, version)
         self.llm: LLMClient | None = None  # for the patch agent
         self.log = get_logger(service="executor-runner")
@@ -133,6 +135,7 @@ class Runner:
                 delivery=delivery.num_delivered, timeout_seconds=limits.wall_seconds,
             ))
             metrics.agent_runs_active.labels(cmd.executor).inc()
+            self.active[cmd.executor] += 1
             try:
                 with tracing.span("agent run", None, {"zloth.executor": cmd.executor,
                                                       "zloth.run_id": cmd.run_id}):
@@ -146,6 +149,7 @@ class Runner:
                         )
             finally:
                 metrics.agent_runs_active.labels(cmd.executor).dec()
+                self.active[cmd.executor] -= 1
             # check may read the agent's files (Codex's rollout): off the event loop
             outcome = await asyncio.to_thread(adapter.check, outcome, result, paths)
             if outcome.outcome != "succeeded":

@@ -76,9 +76,17 @@ async def build(settings: RunnerSettings, deps: Deps) -> Service:
         for name, spec in executors.items()
         if name not in missing
     ]
+    async def health() -> dict[str, Any]:
+        """For `/v1/status`: this runner's host and each executor's agents vs its cap."""
+        return {"ok": deps.bus.connected, "host": settings.subject_host,
+                "executors": {name: {"running": runner.active[name],
+                                     "concurrency": spec.concurrency}
+                              for name, spec in executors.items() if name not in missing}}
+
     return Service(
         name=NAME,
         consumers=consumers,
+        health=health,
         tasks=[partial(listen_for_cancels, runner), partial(announce, runner)],
         owned_streams=[LOGS],
         buckets=buckets,

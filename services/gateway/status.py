@@ -8,9 +8,10 @@ from typing import Any
 
 import msgspec
 
-from schemas.streams import ALL_STREAMS, STATUS_BUCKET
+from schemas.streams import ALL_STREAMS, LLM_BREAKER_BUCKET, STATUS_BUCKET
 from services.core.bus import Bus
 from services.core.errors import BusError
+from services.core.llm.breaker import BreakerState
 from services.gateway.executors import ExecutorRegistry
 from services.gateway.store import GatewayStore
 
@@ -33,9 +34,51 @@ async def status_view(bus: Bus, store: GatewayStore, registry: ExecutorRegistry
         "runs_by_state": await store.runs_by_state(),
         "streams": streams,
         "executors": executors,
+        "executors_in_use": _in_use(services),
+        "breakers": await _breakers(bus),
+        "disk": _disk(services),
         "services": services,
         "dead_letters": streams.get("ZLOTH_DLQ", {}).get("messages", 0),
     }
+
+
+def _in_use(services: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Executor → agents running and the concurrency available, summed over runners."""
+    total: dict[str, dict[str, int]] = {}
+    for report in services.values():
+        for name, use in (report.get("health", {}).get("executors") or {}).items():
+            entry = total.setdefault(name, {"running": 0, "concurrency": 0})
+            entry["running"] += int(use.get("running", 0))
+            entry["concurrency"] += int(use.get("concurrency", 0))
+    return total
+
+
+def _disk(services: dict[str, Any]) -> dict[str, Any]:
+    """Host → its workspace-manager's last disk sweep (the newest report per host)."""
+    newest: dict[str, tuple[float, Any]] = {}
+    for report in services.values():
+        health = report.get("health", {})
+        if "disk" in health and "host" in health:
+            at = float(report.get("at", 0))
+            if at >= newest.get(health["host"], (-1.0, None))[0]:
+                newest[health["host"]] = (at, health["disk"])
+    return {host: disk for host, (_, disk) in sorted(newest.items())}
+
+
+async def _breakers(bus: Bus) -> dict[str, Any]:
+    """Provider → its shared circuit breaker (absent: closed, never tripped)."""
+    try:
+        raw = await bus.kv_items(LLM_BREAKER_BUCKET.name)
+    except Exception:  # noqa: BLE001  no LLM call yet: the bucket may be missing
+        return {}
+    found: dict[str, Any] = {}
+    for provider, value in sorted(raw.items()):
+        try:
+            state = msgspec.json.decode(value, type=BreakerState)
+        except msgspec.DecodeError:
+            continue
+        found[provider] = {"state": state.state, "open_until": state.open_until or None}
+    return found
 
 
 async def _service_reports(bus: Bus) -> dict[str, Any]:

@@ -58,6 +58,8 @@ class Janitor:
         self.record_seconds = record_seconds
         self.orphan_seconds = orphan_seconds
         self._clock = clock
+        self.last: SweepReport | None = None  # for `/v1/status`
+        self.mirror_bytes = 0
 
     async def run(self, stopping: asyncio.Event, every: float, mirrors_every: float) -> None:
         next_maintenance = 0.0
@@ -102,7 +104,12 @@ class Janitor:
         over = bool(self.budget_bytes) and total > self.budget_bytes
         if removed or over:
             log.info("workspace_gc", removed=dict(removed), bytes=total, over_budget=over)
-        return SweepReport(removed=dict(removed), counts=counts, bytes=total, over_budget=over)
+        mirrors = self.factory.mirrors.root
+        self.mirror_bytes = await asyncio.to_thread(disk_usage, mirrors)
+        metrics.mirror_bytes.set(self.mirror_bytes)
+        self.last = SweepReport(removed=dict(removed), counts=counts, bytes=total,
+                                over_budget=over)
+        return self.last
 
     async def discard(self, run_id: str, reason: str) -> int | None:
         """Remove a finished run's workspace (its commit kept first); bytes freed, or None

@@ -64,9 +64,21 @@ async def build(settings: WorkspaceSettings, deps: Deps) -> Service:
     ]
     pool = factory.pool
     assert pool is not None
+
+    async def health() -> dict[str, Any]:
+        """For `/v1/status`: this host's disk as of the janitor's last sweep."""
+        last = janitor.last
+        return {"ok": deps.bus.connected, "host": host, "disk": {
+            "workspaces_bytes": last.bytes if last else None,
+            "workspaces": last.counts if last else {},
+            "budget_bytes": settings.disk_budget_bytes,
+            "mirrors_bytes": janitor.mirror_bytes if last else None,
+        }}
+
     return Service(
         name=NAME,
         consumers=consumers,
+        health=health,
         retired_consumers=[(CMD.name, "ws-prepare"), (CMD.name, "ws-commit")],
         tasks=[
             partial(pool.run, janitor.detach_finished),

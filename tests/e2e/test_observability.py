@@ -4,15 +4,24 @@ correlation id on log lines of several services."""
 from __future__ import annotations
 
 import asyncio
+import io
+import re
+import time
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
+import httpx
+import msgspec
 import pytest
 import structlog
 from structlog.testing import LogCapture
 
+from schemas.streams import LLM_BREAKER_BUCKET
+from services.cli.status import render_status
 from services.core import metrics
+from services.core.bus import Bus
+from services.core.llm.breaker import BreakerState
 from services.core.natsd import NatsServer
 from tests.support.gitrepo import make_origin
 from tests.support.stack import TEST_HOST, inprocess_stack, submit, wait_run
@@ -46,14 +55,16 @@ async def test_metrics_and_correlated_logs_of_a_few_runs(
         "start": sample("zloth_job_start_latency_seconds_count", executor="demo-a"),
         "clone": sample("zloth_git_clone_seconds_count", kind="workspace"),
     }
-    async with inprocess_stack(nats_server.url, tmp_path / "data") as client:
+    async with inprocess_stack(nats_server.url, tmp_path / "data",
+                               ZLOTH_GC_INTERVAL_SECONDS="1") as client:
         good = await submit(client, origin, ["demo-a", "demo-b"], "Describe it")
         bad = await submit(client, origin, ["demo-a"], "Break it FAIL")
         runs = [*good["runs"], *bad["runs"]]
         done = [await wait_run(client, r["id"], TERMINAL) for r in runs]
+        await open_breaker(nats_server.url, "anthropic")
         await asyncio.sleep(6)  # one status round refreshes the queue gauges
         exported = (await client.get("/metrics")).text
-        status = (await client.get("/v1/status")).json()
+        status = await status_with_disk(client)
     assert [d["state"] for d in done] == ["succeeded", "succeeded", "failed"]
     ok = sample("zloth_jobs_total", kind=f"exec-demo-a-{TEST_HOST}", status="ok")
     assert ok - before["ok"] == 2
@@ -69,6 +80,18 @@ async def test_metrics_and_correlated_logs_of_a_few_runs(
     assert status["executors"]["demo-a"]["concurrency"] >= 1
     assert status["streams"]["ZLOTH_CMD"]["messages"] == 0
     assert any(key.startswith("scheduler.") for key in status["services"])
+    # the one-screen view: concurrency in use, breakers, disk per host
+    assert status["executors_in_use"]["demo-a"] == {"running": 0, "concurrency": 4}
+    assert status["breakers"]["anthropic"]["state"] == "open"
+    disk = status["disk"][TEST_HOST]
+    assert sum(disk["workspaces"].values()) >= 3 and disk["workspaces_bytes"] > 0
+    assert disk["mirrors_bytes"] > 0
+    screen = io.StringIO()
+    render_status(status, screen)
+    assert "anthropic open" in screen.getvalue()
+    assert re.search(r"^demo-a\s+yes\s+0/4", screen.getvalue(), re.MULTILINE)
+    assert re.search(rf"^{TEST_HOST}\s+\d+\s+[\d.]+ [KMG]?i?B", screen.getvalue(),
+                     re.MULTILINE)
 
     request_id = correlated_request(captured.entries, bad["runs"][0]["id"])
     services = {e.get("service") for e in captured.entries
@@ -86,3 +109,25 @@ def correlated_request(entries: list[MutableMapping[str, Any]], run_id: str) -> 
             assert isinstance(corr, str) and corr.startswith("req-")
             return corr
     raise AssertionError("no log line of the scheduler handling the run's StartRun")
+
+
+async def open_breaker(nats_url: str, provider: str) -> None:
+    """As the LLM client writes it when a provider keeps failing."""
+    bus = await Bus.connect(nats_url, name="probe")
+    try:
+        await bus.ensure_bucket(LLM_BREAKER_BUCKET)
+        state = BreakerState(state="open", open_until=time.time() + 600)
+        await bus.kv_put(LLM_BREAKER_BUCKET.name, provider, msgspec.json.encode(state))
+    finally:
+        await bus.close()
+
+
+async def status_with_disk(client: httpx.AsyncClient) -> dict[str, Any]:
+    """`/v1/status` once the workspace-manager has reported a sweep after the runs."""
+    async with asyncio.timeout(30):
+        while True:
+            status: dict[str, Any] = (await client.get("/v1/status")).json()
+            disk = status.get("disk", {}).get(TEST_HOST, {})
+            if disk.get("workspaces_bytes"):
+                return status
+            await asyncio.sleep(0.5)
