@@ -33,6 +33,9 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # This machine's name in subjects (see schemas/hosts.py); the same for every service
     # on one host, unique per host. Empty: the host name.
     host_id: str = ""
+    # on SIGINT/SIGTERM, in-flight work gets this long to finish; then it is stopped
+    # (agents killed) and left unacked, so the broker hands it to another replica
+    drain_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         # Paths travel in messages between processes: never relative to one's cwd.

@@ -56,7 +56,8 @@ def serve_main(
 
     async def main() -> None:
         await run_services(settings, [unit], settings.nats_url,
-                           http_host=http_host(settings), http_port=port or None)
+                           http_host=http_host(settings), http_port=port or None,
+                           drain_seconds=settings.drain_seconds)
 
     try:
         run_loop(main)

@@ -86,3 +86,28 @@ async def test_a_frozen_runner_fails_its_run_as_overdue_and_stops_the_agent_on_w
     assert str(done["reason"]).startswith("overdue"), done["reason"]
     assert frozen_agents
     assert (after["state"], after["reason"]) == ("failed", done["reason"])
+
+
+async def test_a_stopped_runner_leaves_no_agent_and_its_run_is_finished_by_the_next(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """SIGTERM the runner while its agent works: it drains for ZLOTH_DRAIN_SECONDS, then
+    kills the agent's whole family and exits without acking; a runner started later
+    takes the redelivered command and the run succeeds once."""
+    origin = make_origin(tmp_path / "origin", files=3, commits=1)
+    token = f"tok{uuid.uuid4().hex[:10]}"
+    async with process_stack(nats_server.url, tmp_path / "data",
+                             ZLOTH_DRAIN_SECONDS="1") as (client, procs):
+        accepted = await submit(client, origin, ["demo-a"], f"Slow work SLEEP=4 {token}")
+        run = accepted["runs"][0]
+        async with asyncio.timeout(30):
+            while not pids_with(token):
+                await asyncio.sleep(0.05)
+        procs["executor-runner"].stop()  # SIGTERM, and waits for the exit
+        exit_code = procs["executor-runner"].proc.returncode  # type: ignore[union-attr]
+        left = pids_with(token)
+        procs["executor-runner"].start()
+        done = await wait_run(client, run["id"], {"succeeded", "failed", "canceled"}, 90)
+    assert exit_code == 0
+    assert left == []  # nothing of the agent outlived its runner
+    assert done["state"] == "succeeded", done.get("reason")

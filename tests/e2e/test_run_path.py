@@ -13,6 +13,8 @@ import msgspec
 
 from services.cli.sse import follow
 from services.core.natsd import NatsServer
+from services.executor_runner.executors import ExecutorSpec
+from tests.support.fake_providers.clis import write_executors
 from tests.support.gitrepo import git, make_origin
 from tests.support.procs import pids_with, wait_no_process_with
 from tests.support.stack import inprocess_stack, submit, wait_run
@@ -119,3 +121,24 @@ async def test_bad_requests_change_nothing(nats_server: NatsServer, tmp_path: Pa
     assert "request_id" in unknown.json()["error"]
     assert detail["runs"] == [] and detail["messages"] == []
     assert len(repos["repos"]) == 1
+
+
+async def test_secrets_an_agent_writes_are_not_committed_and_the_run_says_so(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    origin = make_origin(tmp_path / "origin", files=3, commits=1)
+    writer = ExecutorSpec(
+        name="writer", command=["sh", "-c", "echo TOKEN=x > .env && echo ok > ok.txt"],
+        concurrency=1, timeout_seconds=60, idle_timeout_seconds=60)
+    executors = write_executors(tmp_path / "executors.json", [writer])
+    async with inprocess_stack(nats_server.url, tmp_path / "data",
+                               ZLOTH_EXECUTORS_FILE=str(executors)) as client:
+        accepted = await submit(client, origin, ["writer"], "Write files")
+        run = await wait_run(client, accepted["runs"][0]["id"],
+                             {"succeeded", "failed", "canceled"}, 60)
+    assert run["state"] == "succeeded", run.get("reason")
+    assert run["reason"] == "not committed (protected paths): .env"
+    assert [change["path"] for change in run["files_changed"]] == ["ok.txt"]
+    workspace = tmp_path / "data" / "workspaces" / str(run["id"])
+    assert git("show", "--format=", "--name-only", str(run["commit_sha"]),
+               cwd=workspace).split() == ["ok.txt"]
