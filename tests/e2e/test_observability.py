@@ -23,6 +23,7 @@ from services.core import metrics
 from services.core.bus import Bus
 from services.core.llm.breaker import BreakerState
 from services.core.natsd import NatsServer
+from tests.support.buses import wait_for
 from tests.support.gitrepo import make_origin
 from tests.support.stack import TEST_HOST, inprocess_stack, submit, wait_run
 
@@ -54,6 +55,7 @@ async def test_metrics_and_correlated_logs_of_a_few_runs(
         "dispatch": sample("zloth_queue_latency_seconds_count", kind="sched-start"),
         "start": sample("zloth_job_start_latency_seconds_count", executor="demo-a"),
         "clone": sample("zloth_git_clone_seconds_count", kind="workspace"),
+        "clone_bytes": sample("zloth_git_clone_bytes_count", kind="workspace"),
     }
     async with inprocess_stack(nats_server.url, tmp_path / "data",
                                ZLOTH_GC_INTERVAL_SECONDS="1") as client:
@@ -63,6 +65,11 @@ async def test_metrics_and_correlated_logs_of_a_few_runs(
         done = [await wait_run(client, r["id"], TERMINAL) for r in runs]
         await open_breaker(nats_server.url, "anthropic")
         await asyncio.sleep(6)  # one status round refreshes the queue gauges
+        # gauges refreshed by periodic work, and the workspace sizes measured once each
+        # run's terminal event reached the workspace-manager
+        await wait_for(lambda: sample("zloth_runs", state="succeeded") == 2, 20)
+        await wait_for(lambda: sample("zloth_git_clone_bytes_count", kind="workspace")
+                       - before["clone_bytes"] == 3, 20)
         exported = (await client.get("/metrics")).text
         status = await status_with_disk(client)
     assert [d["state"] for d in done] == ["succeeded", "succeeded", "failed"]
@@ -73,6 +80,11 @@ async def test_metrics_and_correlated_logs_of_a_few_runs(
     assert sample("zloth_queue_latency_seconds_count", kind="sched-start") - before["dispatch"] == 3
     assert sample("zloth_job_start_latency_seconds_count", executor="demo-a") - before["start"] == 2
     assert sample("zloth_git_clone_seconds_count", kind="workspace") - before["clone"] == 3
+    assert sample("zloth_git_clone_bytes_count", kind="workspace") - before["clone_bytes"] == 3
+    assert sample("zloth_runs", state="succeeded") == 2  # the scheduler's view, refreshed
+    assert sample("zloth_runs", state="failed") == 1
+    assert sample("zloth_workspace_bytes") > 0 and sample("zloth_mirror_bytes") > 0
+    assert sum(sample("zloth_workspaces", state=s) for s in ("active", "finished", "warm")) >= 3
     assert sample("zloth_queue_size", kind=f"exec-demo-a-{TEST_HOST}") == 0
     assert sample("zloth_queue_ack_pending", kind=f"exec-demo-a-{TEST_HOST}") == 0
     assert 'zloth_http_request_duration_seconds_count{method="POST"' in exported

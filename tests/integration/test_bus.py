@@ -32,10 +32,12 @@ async def test_unacked_message_is_redelivered_after_ack_wait(bus: Bus, tmp_path:
             await asyncio.sleep(2.5)
 
     registration = Consume(ping_spec(), Ping, slow, concurrency=2, heartbeat=False, fenced=False)
+    redelivered = counted("zloth_redeliveries_total", "test-ping")
     async with consuming(bus, registration, None):
         await bus.publish(Ping(n=1))
         await wait_for(lambda: 2 in seen, timeout=10)
     assert seen[:2] == [1, 2]
+    assert counted("zloth_redeliveries_total", "test-ping") - redelivered >= 1
 
 
 async def test_heartbeats_keep_a_long_job_from_redelivery(bus: Bus, tmp_path: Path) -> None:
@@ -158,6 +160,7 @@ async def test_poison_message_is_dead_lettered_and_removed(bus: Bus, tmp_path: P
 
     leases, store = await open_leases(tmp_path / "leases.sqlite3")
     registration = Consume(ping_spec(max_deliver=3), Ping, broken, concurrency=1)
+    dead_before = counted("zloth_dead_letters_total", "test-ping")
     async with consuming(bus, registration, leases):
         await bus.publish(Ping(n=9))
         await bus.publish_raw("zloth.cmd.test.ping", b"{not json", msg_id="garbage")
@@ -181,6 +184,7 @@ async def test_poison_message_is_dead_lettered_and_removed(bus: Bus, tmp_path: P
     decoded = [raw for raw in reasons if raw != b"{not json"]
     assert msgspec.json.decode(decoded[0])["n"] == 9
     assert b"{not json" in reasons
+    assert counted("zloth_dead_letters_total", "test-ping") - dead_before == 2
 
 
 async def test_sigterm_drains_in_flight_work_before_exit(
@@ -238,3 +242,7 @@ async def test_provisioning_retires_an_old_consumer_whose_filter_would_overlap(
 
 async def _ignore(message: Ping, delivery: Delivery) -> None:
     return None
+
+
+def counted(name: str, kind: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name, {"kind": kind}) or 0.0
