@@ -77,13 +77,7 @@ async def relay(nats: NatsServer, data_dir: Path, **overrides: Any) -> AsyncIter
                     task.result()  # surface a start-up failure
                 if not started:  # `ready` has not run yet
                     return False
-                try:
-                    response = await probe.get(f"{url}/healthz")
-                except httpx.TransportError:
-                    return False
-                # Ours, not whatever else grabbed the port first (tests run in parallel).
-                answered = response.json().get("services", {}).get("log-relay", {})
-                return bool(answered.get("instance") == instance)
+                return await answers_as(probe, url, instance)
 
             await wait_for(up, timeout=10, interval=0.05)
         yield Relay(url, port, started, stopping)
@@ -510,3 +504,14 @@ async def test_archiving_is_idempotent_and_capped(bus: Bus, tmp_path: Path) -> N
         assert kept[-1].id == end_seq
     finally:
         await store.close()
+
+
+async def answers_as(probe: httpx.AsyncClient, url: str, instance: str) -> bool:
+    """The relay at `url` is up and is ours, not whatever else grabbed the port first
+    (tests run in parallel)."""
+    try:
+        response = await probe.get(f"{url}/healthz")
+    except httpx.TransportError:
+        return False
+    answered = response.json().get("services", {}).get("log-relay", {})
+    return bool(answered.get("instance") == instance)

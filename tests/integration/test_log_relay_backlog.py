@@ -22,7 +22,7 @@ import httpx
 
 from services.core.bus import Bus
 from services.core.natsd import NatsServer
-from tests.integration.test_log_relay import Runner
+from tests.integration.test_log_relay import Runner, answers_as
 from tests.support.buses import wait_for
 from tests.support.sse import SseRead, read_sse
 from tests.support.stack import free_port
@@ -74,12 +74,7 @@ async def relay_process(
         async with httpx.AsyncClient() as probe:
             async def up() -> bool:
                 assert proc.returncode is None, log.read_text()
-                try:
-                    response = await probe.get(f"{url}/healthz")
-                except httpx.TransportError:
-                    return False
-                answered = response.json().get("services", {}).get("log-relay", {})
-                return bool(answered.get("instance") == instance)
+                return await answers_as(probe, url, instance)
 
             await wait_for(up, timeout=20, interval=0.05)
         yield RelayProcess(url, proc.pid, log)
