@@ -142,3 +142,17 @@ async def test_secrets_an_agent_writes_are_not_committed_and_the_run_says_so(
     workspace = tmp_path / "data" / "workspaces" / str(run["id"])
     assert git("show", "--format=", "--name-only", str(run["commit_sha"]),
                cwd=workspace).split() == ["ok.txt"]
+
+
+async def test_with_push_on_each_runs_branch_reaches_the_upstream(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    origin = make_origin(tmp_path / "origin", files=3, commits=1)
+    async with inprocess_stack(nats_server.url, tmp_path / "data", ZLOTH_PUSH="1") as client:
+        accepted = await submit(client, origin, ["demo-a", "demo-b"], "Add a note")
+        runs = [await wait_run(client, r["id"], {"succeeded", "failed", "canceled"}, 60)
+                for r in accepted["runs"]]
+    for run in runs:
+        assert run["state"] == "succeeded", run.get("reason")
+        upstream = git("rev-parse", f"refs/heads/{run['branch']}", cwd=origin)
+        assert upstream.strip() == run["commit_sha"]
