@@ -97,6 +97,12 @@ STATUS_BUCKET = BucketSpec(name="zloth_status", ttl_seconds=60.0)
 EXECUTORS_BUCKET = BucketSpec(name="zloth_executors", ttl_seconds=45.0)
 
 
+def exec_durable(executor: str, host: str) -> str:
+    """The name of `executor`'s consumer on `host` (whether one exists says whether any
+    runner there serves it)."""
+    return f"exec-{executor}-{host}"
+
+
 def exec_consumer(executor: str, host: str, concurrency: int,
                   ack_wait_seconds: float = 30.0) -> ConsumerSpec:
     """The durable consumer of one executor kind on one host, shared by the runners there:
@@ -104,7 +110,7 @@ def exec_consumer(executor: str, host: str, concurrency: int,
     cap adds up; see schemas/hosts.py for why commands are per host)."""
     return ConsumerSpec(
         stream=CMD.name,
-        durable=f"exec-{executor}-{host}",
+        durable=exec_durable(executor, host),
         filter_subject=f"zloth.cmd.exec.{executor}.{host}.*",
         ack_wait_seconds=ack_wait_seconds,
         max_deliver=4,

@@ -17,7 +17,7 @@ from schemas.executions import (
 )
 from schemas.logs import LogChunk
 from schemas.runs import CancelRun, RunStateChanged, StartRun
-from schemas.streams import CANCEL_BUCKET, CMD, exec_consumer
+from schemas.streams import CANCEL_BUCKET, CMD, exec_durable
 from schemas.workspaces import (
     CommitWorkspace,
     PrepareWorkspace,
@@ -85,15 +85,18 @@ class Scheduler:
         if run is not None:
             await self.stop_agent(cmd.run_id, cmd.reason)
 
-    async def fail_overdue(self, run_id: str) -> bool:
-        """Fail the run if its attempt is overdue (see machine.overdue); True if it was."""
+    async def fail_overdue(self, run: RunRecord) -> bool:
+        """Fail the run if its attempt is overdue (see machine.overdue); True if it was.
+        `run` is the reconciler's snapshot: only an overdue one costs a transaction."""
         now, grace = self.clock(), self.settings.overdue_grace_seconds
-        run = await self.apply(run_id, lambda r: machine.overdue(r, now, grace))
-        if run is None:
+        if machine.overdue(run, now, grace) is None:
             return False
-        self.log.warning("run_overdue", run_id=run_id, due_at=str(run.agent_due_at))
-        metrics.runs_overdue_total.labels(run.executor).inc()
-        await self.stop_agent(run_id, run.reason or "overdue")
+        failed = await self.apply(run.id, lambda r: machine.overdue(r, now, grace))
+        if failed is None:
+            return False
+        self.log.warning("run_overdue", run_id=run.id, due_at=str(failed.agent_due_at))
+        metrics.runs_overdue_total.labels(failed.executor).inc()
+        await self.stop_agent(run.id, failed.reason or "overdue")
         return True
 
     async def fail_if_no_runner(self, run: RunRecord) -> bool:
@@ -101,17 +104,12 @@ class Scheduler:
         (see schemas/hosts.py): retried, or failed saying so. True if it was."""
         if run.state != "running" or run.agent_started_at or not run.host:
             return False
-        durable = exec_consumer(run.executor, run.host, 1).durable
-        if await self.bus.has_consumer(CMD.name, durable):
+        if await self.bus.has_consumer(CMD.name, exec_durable(run.executor, run.host)):
             return False
         now, settings = self.clock(), self.settings
-        waiting = step_command(run, settings.branch_prefix)
-        changed = await self.apply(run.id, lambda r: machine.no_runner(
-            r, now, settings.max_attempts, settings.retry_backoff_seconds))
-        if changed is None:
+        if not await self._withdraw_step(run, lambda r: machine.no_runner(
+                r, now, settings.max_attempts, settings.retry_backoff_seconds)):
             return False
-        if waiting is not None:  # nobody will ever take it off the work queue
-            await self.bus.purge_subject(CMD.name, waiting.subject())
         self.log.warning("run_without_runner", run_id=run.id, host=run.host,
                          executor=run.executor)
         return True
@@ -122,13 +120,20 @@ class Scheduler:
         waited = (self.clock() - run.updated_at).total_seconds()
         if run.pin_host is None or waited < self.settings.pin_wait_seconds:
             return False
-        pinned = step_command(run, self.settings.branch_prefix)
-        changed = await self.apply(run.id, machine.unpin)
-        if changed is None:
+        # the host may come back: it must not make a second workspace
+        if not await self._withdraw_step(run, machine.unpin):
             return False
-        if pinned is not None:  # the host may come back: it must not make a second one
-            await self.bus.purge_subject(CMD.name, pinned.subject())
         self.log.warning("run_unpinned", run_id=run.id, host=run.pin_host)
+        return True
+
+    async def _withdraw_step(self, run: RunRecord, change: Change) -> bool:
+        """Apply `change`; if it applied, purge the command `run`'s state was waiting on
+        (nobody is to take it any more). True if it applied."""
+        waiting = step_command(run, self.settings.branch_prefix)
+        if await self.apply(run.id, change) is None:
+            return False
+        if waiting is not None:
+            await self.bus.purge_subject(CMD.name, waiting.subject())
         return True
 
     async def stop_agent(self, run_id: str, reason: str) -> None:

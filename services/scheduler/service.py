@@ -80,7 +80,7 @@ async def reconcile_once(scheduler: Scheduler) -> int:
     republished = 0
     older = now - timedelta(seconds=scheduler.settings.stall_seconds)
     for run in await scheduler.runs.stalled(older):
-        if (await scheduler.fail_overdue(run.id) or await scheduler.unpin_if_untaken(run)
+        if (await scheduler.fail_overdue(run) or await scheduler.unpin_if_untaken(run)
                 or await scheduler.fail_if_no_runner(run)):
             continue
         step = step_command(run, scheduler.settings.branch_prefix)
