@@ -104,8 +104,7 @@ async def _up(settings: UpSettings, demo: bool, exit_after_demo: bool) -> bool:
     try:
         await run_services(settings, load_units(nats_url), nats_url, http_host=settings.host,
                            http_port=settings.port, ready=ready, stopping=stopping,
-                           extra_tasks=[run_demo] if demo else [],
-                           drain_seconds=settings.drain_seconds)
+                           extra_tasks=[run_demo] if demo else [])
     finally:
         if server is not None:
             await server.stop()

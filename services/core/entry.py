@@ -56,8 +56,7 @@ def serve_main(
 
     async def main() -> None:
         await run_services(settings, [unit], settings.nats_url,
-                           http_host=http_host(settings), http_port=port or None,
-                           drain_seconds=settings.drain_seconds)
+                           http_host=http_host(settings), http_port=port or None)
 
     try:
         run_loop(main)

@@ -105,18 +105,21 @@ async def run_services(
     *,
     http_host: str | None = None,
     http_port: int | None = None,
-    drain_seconds: float = 30.0,
+    drain_seconds: float | None = None,  # default: settings.drain_seconds
     ready: Callable[[list[Service]], Awaitable[None]] | None = None,
     stopping: asyncio.Event | None = None,
     extra_tasks: Sequence[Task] = (),
 ) -> None:
     """Run `units` until SIGINT/SIGTERM (or `stopping`), then drain in-flight work."""
-    log = get_logger(service="+".join(u.name for u in units))
+    name = "+".join(u.name for u in units)
+    log = get_logger(service=name)
     if settings.tracing and not tracing.enabled():
-        tracing.enable("+".join(u.name for u in units))
+        tracing.enable(name)
+    if drain_seconds is None:
+        drain_seconds = settings.drain_seconds
     stopping = stopping or asyncio.Event()
     _install_signal_handlers(stopping)
-    bus = await Bus.connect(nats_url, name="+".join(u.name for u in units))
+    bus = await Bus.connect(nats_url, name=name)
     services, stores = await start_units(settings, units, bus)
     holder = instance_id(settings)
     leases: dict[str, Leases] = {}
