@@ -104,9 +104,7 @@ class Janitor:
         over = bool(self.budget_bytes) and total > self.budget_bytes
         if removed or over:
             log.info("workspace_gc", removed=dict(removed), bytes=total, over_budget=over)
-        mirrors = self.factory.mirrors.root
-        self.mirror_bytes = await asyncio.to_thread(disk_usage, mirrors)
-        metrics.mirror_bytes.set(self.mirror_bytes)
+        await self._measure_mirrors()
         self.last = SweepReport(removed=dict(removed), counts=counts, bytes=total,
                                 over_budget=over)
         return self.last
@@ -180,7 +178,11 @@ class Janitor:
                      "-c", f"gc.pruneExpire={prune}", "gc", "--auto", "--quiet"],
                     cwd=mirror, timeout=3600,
                 )
-        metrics.mirror_bytes.set(await asyncio.to_thread(disk_usage, mirrors.root))
+        await self._measure_mirrors()
+
+    async def _measure_mirrors(self) -> None:
+        self.mirror_bytes = await asyncio.to_thread(disk_usage, self.factory.mirrors.root)
+        metrics.mirror_bytes.set(self.mirror_bytes)
 
     async def _enforce_budget(
         self, records: dict[str, Record], sizes: dict[str, int],
