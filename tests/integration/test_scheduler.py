@@ -50,6 +50,13 @@ def start(run_id: str, previous_run_id: str | None = None) -> StartRun:
                     resume_session="sess-1" if previous_run_id else None)
 
 
+def ready(prepare: PrepareWorkspace, host: str) -> WorkspaceReady:
+    """What a workspace-manager on `host` answers to `prepare`."""
+    return WorkspaceReady(run_id=prepare.run_id, attempt=prepare.attempt,
+                          path=f"/w/{prepare.run_id}", branch=prepare.branch,
+                          base_sha="a" * 40, base_ref="main", host=host)
+
+
 async def states(bus: Bus, run_id: str, until: str, timeout: float = 10.0) -> list[str]:
     seen: list[str] = []
     async with asyncio.timeout(timeout):
@@ -79,8 +86,7 @@ async def test_a_retryable_workspace_failure_starts_a_second_attempt(bus: Bus) -
                                       reason="fetch failed", retryable=True))
     second = await next_command(bus, "zloth.cmd.ws.prepare.run_a", PrepareWorkspace)
     assert isinstance(second, PrepareWorkspace) and second.attempt == 2
-    await bus.publish(WorkspaceReady(run_id="run_a", attempt=2, path="/w", branch=second.branch,
-                                     base_sha="a" * 40, base_ref="main", host="h1"))
+    await bus.publish(ready(second, "h1"))
     execute = await next_command(bus, "zloth.cmd.exec.demo-a.h1.run_a", ExecuteRun)
     assert isinstance(execute, ExecuteRun) and execute.attempt == 2
     await bus.publish(ExecutionFinished(run_id="run_a", attempt=2, executor="demo-a",
@@ -128,9 +134,7 @@ async def run_on_host(bus: Bus, run_id: str, host: str) -> None:
     """Play host `host`: take the run's prepare, run and commit it there."""
     prepare = await next_command(bus, f"zloth.cmd.ws.prepare.{run_id}", PrepareWorkspace)
     assert isinstance(prepare, PrepareWorkspace)
-    await bus.publish(WorkspaceReady(run_id=run_id, attempt=1, path=f"/w/{run_id}",
-                                     branch=prepare.branch, base_sha="a" * 40,
-                                     base_ref="main", host=host))
+    await bus.publish(ready(prepare, host))
     execute = await next_command(bus, f"zloth.cmd.exec.demo-a.{host}.{run_id}", ExecuteRun)
     assert isinstance(execute, ExecuteRun) and execute.host == host
     await bus.publish(ExecutionFinished(run_id=run_id, attempt=1, executor="demo-a",
@@ -153,9 +157,7 @@ async def test_a_runs_commands_follow_its_workspace_host_and_a_follow_up_is_pinn
     pinned = await next_command(bus, "zloth.cmd.ws.prepare.hostb.run_f", PrepareWorkspace)
     assert isinstance(pinned, PrepareWorkspace) and pinned.host == "hostb"
     assert not await bus.has_message("ZLOTH_CMD", "zloth.cmd.ws.prepare.run_f")
-    await bus.publish(WorkspaceReady(run_id="run_f", attempt=1, path="/w/run_f",
-                                     branch=pinned.branch, base_sha="a" * 40,
-                                     base_ref="main", host="hostb"))
+    await bus.publish(ready(pinned, "hostb"))
     execute = await next_command(bus, "zloth.cmd.exec.demo-a.hostb.run_f", ExecuteRun)
     assert isinstance(execute, ExecuteRun) and execute.resume_session == "sess-1"
 
@@ -172,9 +174,7 @@ async def test_a_follow_up_whose_host_never_takes_it_goes_to_any_host_without_re
     anywhere = await next_command(bus, "zloth.cmd.ws.prepare.run_h", PrepareWorkspace, 15)
     assert isinstance(anywhere, PrepareWorkspace) and anywhere.host is None
     assert not await bus.has_message("ZLOTH_CMD", "zloth.cmd.ws.prepare.gone.run_h")
-    await bus.publish(WorkspaceReady(run_id="run_h", attempt=1, path="/w/run_h",
-                                     branch=anywhere.branch, base_sha="a" * 40,
-                                     base_ref="main", host="hosta"))
+    await bus.publish(ready(anywhere, "hosta"))
     execute = await next_command(bus, "zloth.cmd.exec.demo-a.hosta.run_h", ExecuteRun)
     assert isinstance(execute, ExecuteRun) and execute.resume_session is None
 
@@ -190,9 +190,7 @@ async def test_a_workspace_on_a_host_without_a_runner_for_its_executor_is_retrie
         prepare = await next_command(bus, "zloth.cmd.ws.prepare.run_i", PrepareWorkspace, 15)
         assert isinstance(prepare, PrepareWorkspace) and prepare.attempt == attempt
         await bus.purge_subject("ZLOTH_CMD", "zloth.cmd.ws.prepare.run_i")
-        await bus.publish(WorkspaceReady(run_id="run_i", attempt=attempt, path="/w/run_i",
-                                         branch=prepare.branch, base_sha="a" * 40,
-                                         base_ref="main", host="lonely"))
+        await bus.publish(ready(prepare, "lonely"))
     seen = await states(bus, "run_i", "failed", timeout=20)
     assert seen == ["queued", "preparing", "running", "retrying", "preparing", "running",
                     "failed"]
